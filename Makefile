@@ -1,0 +1,41 @@
+# gtr-bench. `make demo` and `make test` set everything up on a fresh machine (.venv, packages, data).
+PYTHON ?= python3
+VENV := .venv
+PY := $(VENV)/bin/python
+STAMP := $(VENV)/.installed
+FASHION := /usr/share/datasets/fashion-mnist/train-images-idx3-ubyte.gz
+TORCH := torch==2.14.1 torchvision==0.29.1
+
+.PHONY: help install data test demo train-tiny flops tables verify-official \
+        reproduce-table1 reproduce-table2 reproduce-table3 reproduce-table4 reproduce-table5 clean
+
+help:  ## list the targets
+	@grep -E '^[a-zA-Z0-9_-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  %-20s %s\n", $$1, $$2}'
+
+$(STAMP): pyproject.toml
+	test -x $(PY) || $(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install -q --upgrade pip
+	$(PY) -m pip install -q $(TORCH)
+	$(PY) -m pip install -q -e '.[eval,dev]'
+	touch $(STAMP)
+
+install: $(STAMP)  ## create .venv and install the project
+
+$(FASHION):
+	@echo "Fashion-MNIST missing: installing the Debian package dataset-fashion-mnist"
+	apt-get install -y dataset-fashion-mnist || (apt-get update && apt-get install -y dataset-fashion-mnist)
+
+data: $(FASHION)  ## install Fashion-MNIST (Debian package) if missing
+
+test: $(STAMP) data  ## run the test suite (CPU, no downloads)
+	$(PY) -m pytest -q
+
+train-tiny: $(STAMP) data  ## train (or continue training) the tiny Fashion-MNIST MAR; resumable
+	$(PY) scripts/train.py --out results/tiny_mar --steps 3000
+
+verify-official:  ## compare with the official MAR code: make verify-official OFFICIAL=path/to/LTH14-mar
+	$(PY) -m pip install -q timm
+	$(PY) scripts/verify_official.py --official $(OFFICIAL)
+
+clean:
+	rm -rf outputs multirun .pytest_cache

@@ -1,0 +1,145 @@
+"""The one sampling loop. It runs any Method (gtr/method.py) and knows no method names.
+
+At each AR step: the method's order and counts say which positions are predicted; the model (or the
+method's cache wrapped around it) gives their conditioning vectors z; the method's steps slot says
+how many diffusion steps each token gets; the head samples them with classifier-free guidance.
+
+Randomness comes only from one torch.Generator per image, seeded from (seed, image index), and is
+drawn on the CPU in a fixed per-image sequence (order first, then each step's noise), so an image is
+the same whatever the batch size, shard or device. On the `meta` device nothing is drawn: the loop
+runs with shapes only (used to count FLOPs).
+"""
+import numpy as np
+import torch
+
+from gtr.method import Step
+from gtr.models.diffusion import sample_head
+
+
+def image_generator(seed, index):
+    """The generator of image `index` of a run seeded `seed` (well mixed: nearby seeds don't overlap)."""
+    state = np.random.SeedSequence([int(seed), int(index)]).generate_state(2, dtype=np.uint32)
+    return torch.Generator().manual_seed(int(state[0]) << 32 | int(state[1]))
+
+
+class PlainModel:
+    """The default cache policy: run the model as it is, nothing reused."""
+
+    def start(self, model, batch_size, guided):
+        pass
+
+    def condition(self, model, tokens, known, class_emb, step):
+        return model.condition(tokens, known, class_emb)
+
+    def head(self, model, step):
+        return model.head
+
+
+def cfg_scale(cfg, schedule, seq_len, remaining):
+    """Guidance at a step after which `remaining` tokens stay masked (MAR: linear in the generated
+    fraction, counting at least one masked token, as the official clamp does at the last step)."""
+    if schedule == "constant":
+        return cfg
+    if schedule == "linear":
+        return 1 + (cfg - 1) * (seq_len - max(remaining, 1)) / seq_len
+    raise ValueError(f"unknown cfg_schedule {schedule!r}; choose 'linear' or 'constant'")
+
+
+def validate_schedule(counts, seq_len):
+    counts = [int(c) for c in counts]
+    if not counts or any(c < 0 for c in counts) or sum(counts) != seq_len:
+        raise ValueError(f"count schedule {counts} must be non-negative and sum to {seq_len} tokens")
+    return counts
+
+
+def draw_noise(generators, shape, device):
+    """Per-image noise (B, *shape): each image's block from its own generator, on the CPU."""
+    if device.type == "meta":
+        return torch.empty(len(generators), *shape, device=device)
+    return torch.stack([torch.randn(shape, generator=g) for g in generators]).to(device)
+
+
+@torch.no_grad()
+def sample(model, method, labels, generators, cfg=1.0, cfg_schedule="linear", temperature=1.0,
+           clip_timesteps=None, orders=None, noise_fn=None, callback=None):
+    """Generate tokens (B, L, C) for class `labels` (B,) with `method`.
+
+    generators: one torch.Generator per image (see image_generator).
+    cfg / cfg_schedule: guidance scale and 'linear' (MAR) or 'constant' schedule; cfg == 1: no guidance.
+    temperature: scales the noise of each diffusion step. clip_timesteps: cap the head's timesteps.
+    orders: (B, L) generation orders overriding the method's (e.g. to replay the official code).
+    noise_fn(step_index, shape) -> (B, *shape) overrides the per-image noise (tests / replay).
+    callback(dict): called after every AR step with the step, its z and the tokens so far.
+    """
+    device = model.fake_latent.device
+    batch = len(generators)
+    labels = torch.as_tensor(labels, device=device)
+    if labels.shape != (batch,):
+        raise ValueError(f"labels has shape {tuple(labels.shape)}, expected ({batch},): one per generator")
+    grid, seq_len, channels = (model.seq_h, model.seq_w), model.seq_len, model.token_dim
+    counts = validate_schedule(method.counts(grid), seq_len)
+    if orders is None:
+        orders = torch.stack([method.order(grid, g).cpu() for g in generators])
+    orders = orders.cpu().long()
+    if orders.shape != (batch, seq_len) or (orders.sort(dim=1).values != torch.arange(seq_len)).any():
+        raise ValueError(f"orders must be {batch} permutations of {seq_len} positions")
+    guided = cfg != 1.0
+    class_emb = model.class_embedding(labels)
+    if guided:
+        class_emb = torch.cat([class_emb, model.unconditional_embedding(batch).to(class_emb.dtype)])
+    cache = method.cache or PlainModel()
+    cache.start(model, batch, guided)
+    noise_fn = noise_fn or (lambda k, shape: draw_noise(generators, shape, device))
+
+    tokens = torch.zeros(batch, seq_len, channels, device=device)
+    done = 0
+    for k, n in enumerate(counts):
+        known = orders[:, :done].sort(dim=1).values.to(device)
+        predict = orders[:, done:done + n].sort(dim=1).values.to(device)
+        step = _step(k, counts, grid, known, predict, guided, generators)
+        x_in = torch.cat([tokens, tokens]) if guided else tokens
+        known_in = torch.cat([known, known]) if guided else known
+        z = cache.condition(model, x_in, known_in, class_emb, step)
+        z_cond = _take(z[:batch], predict)
+        z_uncond = _take(z[batch:], predict) if guided else None
+        groups = method.steps(step, z_cond) if n else []
+        if groups:
+            t_max = max(t for _, t in groups)
+            noise = noise_fn(k, (n, 1 + t_max, channels))
+            scale = cfg_scale(cfg, cfg_schedule, seq_len, seq_len - done - n)
+            head = cache.head(model, step)
+            new = torch.empty(batch, n, channels, device=device)
+            for index, t in groups:
+                new = _sample_group(head, new, index, t, z_cond, z_uncond, noise, scale, temperature,
+                                    clip_timesteps)
+            tokens = tokens.scatter(1, predict[..., None].expand(-1, -1, channels), new.to(tokens.dtype))
+        done += n
+        if callback is not None:
+            callback({"step": step, "z": z, "tokens": tokens})
+    return tokens
+
+
+def _step(k, counts, grid, known, predict, guided, generators):
+    return Step(k, len(counts), counts, grid, known, predict, guided, generators)
+
+
+def _take(x, index):
+    """x (B, L, D) at positions index (B, n) -> (B, n, D)."""
+    return torch.gather(x, 1, index[..., None].expand(-1, -1, x.shape[-1]))
+
+
+def _sample_group(head, new, index, num_steps, z_cond, z_uncond, noise, cfg, temperature, clip_timesteps):
+    """Sample the tokens `index` (B, m) of this step (None: all) with `num_steps` diffusion steps."""
+    batch, channels = new.shape[0], new.shape[2]
+    if index is None:
+        zc, zu, nz = z_cond, z_uncond, noise
+    else:
+        zc, nz = _take(z_cond, index), _take(noise.flatten(2), index).view(batch, -1, *noise.shape[2:])
+        zu = _take(z_uncond, index) if z_uncond is not None else None
+    m = zc.shape[1]
+    x = sample_head(head, zc.reshape(batch * m, -1), num_steps, nz[:, :, :1 + num_steps].reshape(batch * m, -1, channels),
+                    uncond=None if zu is None else zu.reshape(batch * m, -1), cfg=cfg, temperature=temperature,
+                    clip_timesteps=clip_timesteps).view(batch, m, channels)
+    if index is None:
+        return x.to(new.dtype)
+    return new.scatter(1, index[..., None].expand(-1, -1, channels), x.to(new.dtype))

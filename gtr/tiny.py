@@ -1,0 +1,28 @@
+"""The tiny world: Fashion-MNIST images as MAR tokens, without a VAE.
+
+A 28x28 image is padded to 32x32 with background, scaled to [-1, 1], and cut into an 8x8 grid of
+4x4 pixel patches: 64 tokens of 16 values, the same token width as MAR's KL-16 latents.
+"""
+import torch
+import torch.nn.functional as F
+
+from gtr.data import load_fashion_mnist
+
+PAD = 2  # 28 + 2 * 2 = 32
+
+
+def images_to_pixels(images_uint8):
+    """(N, 28, 28) uint8 -> (N, 1, 32, 32) float in [-1, 1], padded with the background value -1."""
+    x = images_uint8.float().div(127.5).sub(1.0)[:, None]
+    return F.pad(x, (PAD, PAD, PAD, PAD), value=-1.0)
+
+
+def pixels_to_uint8(pixels):
+    """(N, 1, 32, 32) in [-1, 1] -> (N, 1, 32, 32) uint8 (rounded and clipped like MAR's PNG writer)."""
+    return torch.clamp(torch.round((pixels.float() + 1) * 127.5), 0, 255).to(torch.uint8)
+
+
+def load_tokens(model, split="train"):
+    """All images of a split as tokens (N, 64, 16) and labels (N,)."""
+    images, labels = load_fashion_mnist(split)
+    return model.patchify(images_to_pixels(images)), labels
