@@ -31,7 +31,7 @@ test: $(STAMP) data  ## run the test suite (CPU, no downloads)
 	$(PY) -m pytest -q
 
 train-tiny: $(STAMP) data  ## train (or continue training) the tiny Fashion-MNIST MAR; resumable
-	$(PY) scripts/train.py --out results/tiny_mar --steps 3000
+	$(PY) scripts/train.py --out results/tiny_mar --steps 2000
 
 verify-official:  ## compare with the official MAR code: make verify-official OFFICIAL=path/to/LTH14-mar
 	$(PY) -m pip install -q timm

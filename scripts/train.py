@@ -25,7 +25,7 @@ def parse_args(argv=None):
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--model", default="mar_tiny")
     p.add_argument("--out", default="results/tiny_mar")
-    p.add_argument("--steps", type=int, default=3000, help="total optimiser steps of the whole run")
+    p.add_argument("--steps", type=int, default=2000, help="total optimiser steps of the whole run")
     p.add_argument("--minutes", type=float, default=None, help="stop this chunk after this many minutes")
     p.add_argument("--batch-size", type=int, default=256)
     p.add_argument("--lr", type=float, default=1e-3)

@@ -73,7 +73,7 @@ MODEL_CONFIGS = {
                      img_size=64, vae_stride=16),
     # The tiny world: Fashion-MNIST padded to 32x32, raw 4x4 pixel patches as 16-dim tokens, 8x8 grid.
     "mar_tiny": dict(img_size=32, vae_stride=1, patch_size=4, vae_embed_dim=1, width=128, depth=3, num_heads=4,
-                     buffer_size=16, class_num=10, diffloss_d=3, diffloss_w=256, attn_dropout=0.0,
+                     buffer_size=16, class_num=10, diffloss_d=3, diffloss_w=192, attn_dropout=0.0,
                      proj_dropout=0.0, diffusion_batch_mul=2),
 }
 
