@@ -173,6 +173,9 @@ def sample_head(net, cond, num_steps, noise, uncond=None, cfg=1.0, temperature=1
     temperature scales only the noise added at each step (fact: LTH14/mar gaussian_diffusion p_sample).
     """
     process = sampling_diffusion(num_steps, clip_timesteps)
+    begin = getattr(net, "begin", None)  # a head cache (LazyMAR) learns the length of this chain
+    if begin is not None:
+        begin(process.num_steps)
     n, channels = noise.shape[0], noise.shape[2]
     if n == 0:
         return noise[:, 0]

@@ -1,0 +1,254 @@
+"""From Hydra configs (configs/) to objects: a Method, a model, a decoder to uint8 images.
+
+    method = build_method(cfg.method, grid=(16, 16))   # one slot object per configs/method/<slot>/*.yaml
+    model = build_model(cfg.model, device)              # weights from the checkpoint, or random_init
+    decode = decoder(cfg.model, model, device)          # tokens (B, L, C) -> uint8 images (B, H, W, C)
+
+Every problem a user can cause (an unknown slot class, a parameter a slot does not take, slots that do
+not fit together or not on the model's grid, a missing checkpoint) raises ConfigError with a sentence
+saying what to change; scripts print it without a traceback.
+"""
+import hashlib
+import json
+import logging
+import os
+from pathlib import Path
+
+import torch
+from hydra.errors import InstantiationException
+from hydra.utils import instantiate
+from omegaconf import DictConfig, OmegaConf
+
+from gtr.checkpoints import CheckpointError, load_mar, resolve
+from gtr.gtr import StageCounts, StagedOrder
+from gtr.method import Method
+from gtr.models.mar import build_mar
+from gtr.models.vae import AutoencoderKL, decode_tokens, load_vae_state
+from gtr.sampler import PlainModel
+
+ROOT = Path(__file__).resolve().parents[1]
+SLOTS = ("order", "counts", "steps", "cache")
+log = logging.getLogger("gtr")
+
+
+class ConfigError(ValueError):
+    """A configuration that cannot run, with the reason and the fix in words."""
+
+
+# ---------------------------------------------------------------- methods
+def build_method(cfg_method, grid=None):
+    """A gtr.method.Method from a method config (configs/method/*.yaml).
+
+    Each slot node (`order`, `counts`, `steps`, `cache`) is instantiated with hydra from its
+    `_target_`. `grid` (h, w), when given, dry-runs the order and the counts on that grid, so a
+    method that cannot fill it (too many stages, more steps than tokens) fails here, before any model
+    work. Pairs that run but mean nothing are refused (check_method); doubtful ones are logged.
+    """
+    if not isinstance(cfg_method, DictConfig) or any(s not in cfg_method for s in SLOTS):
+        raise ConfigError(f"a method config needs the slots {SLOTS} (see configs/method/mar.yaml); "
+                          f"got {None if cfg_method is None else list(cfg_method)}")
+    name = cfg_method.get("name", "custom")
+    slots = {}
+    for slot in SLOTS:
+        node = cfg_method[slot]
+        target = node.get("_target_") if isinstance(node, DictConfig) else None
+        if not target:
+            raise ConfigError(f"method {name!r}: slot {slot!r} has no _target_ (pick one of configs/method/{slot}/)")
+        try:
+            slots[slot] = instantiate(node, _convert_="all")
+        except InstantiationException as e:
+            cause = _cause(e)
+            if "unexpected keyword argument" in cause:
+                cause += (f" (the method's yaml sets it for another {slot} slot: drop it with ~method.{slot}.<name>, "
+                          f"or see configs/method/{slot}/ for what {target.rsplit('.', 1)[-1]} takes)")
+            raise ConfigError(f"method {name!r}: cannot build its {slot} slot {target}: {cause}") from None
+        except Exception as e:  # an interpolation to a missing knob, a bad value
+            raise ConfigError(f"method {name!r}: cannot build its {slot} slot {target}: {type(e).__name__}: {e}") from None
+    if isinstance(slots["cache"], PlainModel):
+        slots["cache"] = None  # the sampler's default: same as gtr.method.mar()
+    method = Method(slots["order"], slots["counts"], slots["steps"], slots["cache"], name)
+    check_method(method, cfg_method, grid)
+    return method
+
+
+def _cause(error):
+    """The useful part of hydra's InstantiationException (the underlying error, without the wrapper)."""
+    cause = error.__cause__ or error
+    text = str(cause).strip()
+    return f"{type(cause).__name__}: {text}" if cause is not error else text
+
+
+def check_method(method, cfg_method=None, grid=None):
+    """Refuse slot pairs that cannot be meant; log the ones that differ from the published setting.
+
+    - StageCounts sizes its budgets by GtR's stages: under a StagedOrder both must use the same number of
+      stages, or a step would mix two stages. (Under another order StageCounts is only a count schedule,
+      which is how Table 5 changes nothing but the order.)
+    - DiSA's released code caps diffusion timesteps at 950: with another clip_timesteps it is a variant.
+    """
+    if isinstance(method.counts, StageCounts) and isinstance(method.order, StagedOrder):
+        if method.counts.num_stages != method.order.num_stages:
+            raise ConfigError(
+                f"method {method.name!r}: StageCounts has {method.counts.num_stages} stages but the StagedOrder has "
+                f"{method.order.num_stages}; they must be equal (set method.stages=K, which both read)")
+    clip = None if cfg_method is None else cfg_method.get("clip_timesteps")
+    try:
+        from baselines.disa import DISA_CLIP_TIMESTEPS, DiSASteps
+    except ImportError:
+        DiSASteps = None
+    if DiSASteps is not None and isinstance(method.steps, DiSASteps) and clip != DISA_CLIP_TIMESTEPS:
+        log.warning("method %r uses DiSA steps with clip_timesteps=%s; DiSA's released code caps timesteps at %s "
+                    "(set method.clip_timesteps=%s to match it)", method.name, clip, DISA_CLIP_TIMESTEPS,
+                    DISA_CLIP_TIMESTEPS)
+    if grid is not None:
+        dry_run(method, grid)
+
+
+def dry_run(method, grid):
+    """Run the order and counts slots once on `grid`; ConfigError if they cannot fill it."""
+    h, w = grid
+    try:
+        counts = [int(c) for c in method.counts(grid)]
+        order = method.order(grid, torch.Generator().manual_seed(0))
+    except ValueError as e:
+        raise ConfigError(f"method {method.name!r} does not fit the model's {h}x{w} token grid: {e}") from None
+    if any(c < 0 for c in counts) or sum(counts) != h * w:
+        raise ConfigError(f"method {method.name!r}: its counts {counts} do not sum to the {h * w} tokens of the grid")
+    if sorted(torch.as_tensor(order).tolist()) != list(range(h * w)):
+        raise ConfigError(f"method {method.name!r}: its order is not a permutation of the {h * w} grid positions")
+    return counts
+
+
+# ---------------------------------------------------------------- models
+def find_file(path):
+    """A path as given (working directory), else relative to the project root; None if neither exists."""
+    if not path:
+        return None
+    p = Path(os.path.expanduser(str(path)))
+    for candidate in (p, ROOT / p) if not p.is_absolute() else (p,):
+        if candidate.is_file():
+            return candidate
+    return None
+
+
+def build_model(cfg_model, device="cpu", checkpoint=None):
+    """The MAR of `cfg_model` on `device` in eval mode.
+
+    Weights: `checkpoint` (the top-level alias) or cfg_model.checkpoint, or the hub when both are
+    null (gtr.checkpoints.resolve); `random_init: true` skips loading and gives a seeded random model
+    (the same on every run, so smoke runs resume and compare).
+    """
+    overrides = cfg_model.get("overrides")
+    overrides = OmegaConf.to_container(overrides, resolve=True) if isinstance(overrides, DictConfig) else {}
+    try:
+        with torch.random.fork_rng(devices=[]):
+            torch.manual_seed(0)  # MAR initialises itself from the global RNG: seeded, random_init runs repeat
+            model = build_mar(cfg_model.name, **overrides)
+    except (ValueError, TypeError) as e:
+        raise ConfigError(f"model {cfg_model.get('key', cfg_model.name)!r}: {e}") from None
+    if cfg_model.random_init:
+        log.warning("model %s has RANDOM weights (model.random_init=true): the images are noise", cfg_model.name)
+    else:
+        path = checkpoint or cfg_model.checkpoint
+        try:
+            if path:
+                found = find_file(path)
+                if found is None:
+                    raise CheckpointError(f"checkpoint {path} does not exist")
+                path = str(found)
+            path = resolve(path, cfg_model.name)
+            load_mar(model, path, cfg_model.weights)
+        except (CheckpointError, FileNotFoundError) as e:
+            hint = cfg_model.get("checkpoint_hint")
+            message = f"model {cfg_model.name}: {e}".rstrip(". ") + ". " + (f"{hint}. " if hint else "")
+            if "checkpoint=PATH" not in message:
+                message += "Pass checkpoint=PATH. "
+            raise ConfigError(message + "For a smoke run with random weights: model.random_init=true.") from None
+    return model.to(device).eval()
+
+
+# ---------------------------------------------------------------- decoding
+def to_uint8(images):
+    """[-1, 1] floats (B, C, H, W) -> uint8 (B, H, W, C), as MAR writes PNGs: round(clip((x + 1) / 2 * 255))."""
+    x = torch.round(((images.float() + 1) / 2 * 255).clamp(0, 255))
+    return x.to(torch.uint8).permute(0, 2, 3, 1).contiguous()
+
+
+def decoder(cfg_model, model, device="cpu"):
+    """A function tokens (B, L, C) -> uint8 images (B, H, W, C) on the CPU.
+
+    decoder 'vae': MAR's KL-16 VAE (weights from cfg_model.vae_checkpoint or the hub; random with
+    random_init); 'pixels' (tiny world): the tokens are pixel patches, unpatchify is the image.
+    """
+    kind = cfg_model.get("decoder", "vae")
+    if kind == "pixels":
+        from gtr.tiny import pixels_to_uint8
+
+        def decode_pixels(tokens):
+            return pixels_to_uint8(model.unpatchify(tokens)).permute(0, 2, 3, 1).contiguous().cpu()
+        return decode_pixels
+    if kind != "vae":
+        raise ConfigError(f"model.decoder must be 'vae' or 'pixels', got {kind!r}")
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(0)  # the VAE's default init draws from the global RNG: seeded for random_init runs
+        vae = AutoencoderKL()
+    if not cfg_model.random_init:
+        path = cfg_model.get("vae_checkpoint")
+        try:
+            if path:
+                found = find_file(path)
+                if found is None:
+                    raise CheckpointError(f"VAE checkpoint {path} does not exist")
+                path = str(found)
+            load_vae_state(vae, resolve(path, "vae"))
+        except (CheckpointError, FileNotFoundError, ValueError) as e:
+            raise ConfigError(f"VAE: {e}. Pass model.vae_checkpoint=PATH (kl16.ckpt or kl16.safetensors), or "
+                              "model.random_init=true for a smoke run with random weights.") from None
+    vae = vae.to(device).eval()
+
+    @torch.no_grad()
+    def decode_vae(tokens):
+        return to_uint8(decode_tokens(vae, model.unpatchify(tokens).float())).cpu()
+    return decode_vae
+
+
+# ---------------------------------------------------------------- run identity
+def image_settings(cfg):
+    """Every setting of a sample.yaml config that changes the images, as plain data.
+
+    Two runs with equal image_settings make the same images (batch size, device count and shard size do
+    not change any image). Used for the run folder's hash and to refuse resuming a folder made with
+    other settings.
+    """
+    def plain(node):
+        return OmegaConf.to_container(node, resolve=True) if isinstance(node, DictConfig) else node
+    model = {k: v for k, v in plain(cfg.model).items() if k not in ("batch_size", "checkpoint_hint", "key")}
+    if cfg.get("checkpoint"):
+        model["checkpoint"] = cfg.checkpoint
+    if model.get("random_init"):
+        model.pop("checkpoint", None)
+        model.pop("vae_checkpoint", None)
+    method = {k: v for k, v in plain(cfg.method).items() if k != "tag"}
+    return {"model": model, "method": method, "num_images": num_images(cfg), "labels": plain(cfg.get("labels")),
+            "balanced": cfg.eval.get("balanced", False), "seed": cfg.seed, "cfg": cfg.cfg,
+            "cfg_schedule": cfg.cfg_schedule, "temperature": cfg.temperature, "dtype": cfg.dtype, "tf32": cfg.tf32}
+
+
+def num_images(cfg):
+    """The `n` alias, else the eval set's size."""
+    return int(cfg.n) if cfg.get("n") is not None else int(cfg.eval.num_images)
+
+
+def settings_hash(cfg, length=8):
+    """A short hash of image_settings(cfg)."""
+    text = json.dumps(image_settings(cfg), sort_keys=True, default=str)
+    return hashlib.sha1(text.encode()).hexdigest()[:length]
+
+
+def _hash_resolver(*, _root_):
+    return settings_hash(_root_)
+
+
+# `${gtr_hash:}` in configs/sample.yaml's run_name; registered on import (scripts import this module).
+if not OmegaConf.has_resolver("gtr_hash"):
+    OmegaConf.register_new_resolver("gtr_hash", _hash_resolver)

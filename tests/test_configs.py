@@ -1,0 +1,306 @@
+"""The Hydra config tree (configs/): every model x method composes and builds, every method samples on
+the tiny model and fills each position exactly once, slot swaps compose, invalid pairs are refused, the
+experiment files compose row by row, and a `-m` sweep runs end to end."""
+import importlib
+import importlib.util
+import json
+import sys
+from pathlib import Path
+
+import pandas as pd
+import pytest
+import torch
+from hydra import compose, initialize_config_dir
+from hydra.core.global_hydra import GlobalHydra
+from hydra.types import RunMode
+from omegaconf import OmegaConf
+
+from gtr.build import ConfigError, build_method, build_model, settings_hash
+from gtr.models.mar import MODEL_CONFIGS, MARConfig
+from gtr.sampler import image_generator, sample
+
+torch.set_num_threads(1)
+
+ROOT = Path(__file__).resolve().parents[1]
+CONFIGS = ROOT / "configs"
+MODELS = sorted(p.stem for p in (CONFIGS / "model").glob("*.yaml"))
+METHODS = sorted(p.stem for p in (CONFIGS / "method").glob("*.yaml"))
+SLOT_OPTIONS = [(slot, p.stem) for slot in ("order", "counts", "steps", "cache")
+                for p in sorted((CONFIGS / "method" / slot).glob("*.yaml"))]
+EXPERIMENTS = sorted(p.stem for p in (CONFIGS / "experiment").glob("*.yaml"))
+# Methods the brief asks for; a missing file is a defect, not a skip.
+REQUIRED_METHODS = {"mar", "step16", "step8", "halton", "halton_cosine", "disa", "lazymar", "gtr", "gtr_nofts",
+                    "gtr_fast", "gtr_t1b", "gtr_enc", "gtr_diff", "fts_random", "fts_low", "fts_full", "raster",
+                    "subsample", "random"}
+
+
+def cfg_of(*overrides, hydra_node=False):
+    with initialize_config_dir(config_dir=str(CONFIGS), version_base="1.3"):
+        return compose("sample", overrides=list(overrides), return_hydra_config=hydra_node)
+
+
+def grid_of(cfg):
+    return MARConfig(**MODEL_CONFIGS[cfg.model.name]).grid
+
+
+def targets(cfg):
+    return {slot: cfg.method[slot]._target_ for slot in ("order", "counts", "steps", "cache")}
+
+
+def skip_if_missing(cfg):
+    """Skip (with the reason) when a slot's module is not written yet; composing already passed."""
+    for slot, target in targets(cfg).items():
+        module = target.rsplit(".", 1)[0]
+        try:
+            importlib.import_module(module)
+        except ImportError as e:
+            pytest.skip(f"{cfg.method.name}: {slot} slot module {module} is not importable yet ({e})")
+
+
+def test_the_tree_has_what_the_brief_asks():
+    assert set(MODELS) == {"mar_b", "mar_l", "mar_h", "tiny"}
+    assert REQUIRED_METHODS <= set(METHODS), sorted(REQUIRED_METHODS - set(METHODS))
+    assert {"fid50k", "fid10k", "bench", "demo", "geneval"} <= {p.stem for p in (CONFIGS / "eval").glob("*.yaml")}
+    assert {f"table{i}" for i in range(1, 6)} <= set(EXPERIMENTS)
+
+
+@pytest.mark.parametrize("model", MODELS)
+@pytest.mark.parametrize("method", METHODS)
+def test_every_model_and_method_composes_and_builds(model, method):
+    cfg = cfg_of(f"model={model}", f"method={method}")
+    assert cfg.method.name == method and cfg.model.key == model
+    for slot, target in targets(cfg).items():
+        assert target, f"{method}: empty {slot} target"
+    assert "gtr_hash" not in cfg.run_name and cfg.model.key in cfg.run_name  # resolves, encodes the model
+    skip_if_missing(cfg)
+    built = build_method(cfg.method, grid=grid_of(cfg))  # dry-runs order and counts on the model's grid
+    assert built.name == method
+
+
+def test_model_defaults():
+    cfgs = {m: cfg_of(f"model={m}").model for m in MODELS}
+    assert {m: c.cfg for m, c in cfgs.items() if m != "tiny"} == {"mar_b": 2.9, "mar_l": 3.0, "mar_h": 3.2}
+    assert {c.name for c in cfgs.values()} == {"mar_base", "mar_large", "mar_huge", "mar_tiny"}
+    assert all(c.weights == "model_ema" and c.random_init is False for c in cfgs.values())
+    assert cfgs["tiny"].decoder == "pixels" and cfgs["mar_h"].decoder == "vae"
+
+
+@pytest.mark.parametrize("slot,option", SLOT_OPTIONS)
+def test_every_slot_option_composes_into_mar(slot, option):
+    cfg = cfg_of("method=mar", f"method/{slot}={option}")
+    assert cfg.method.name == "mar"
+    expected = OmegaConf.load(CONFIGS / "method" / slot / f"{option}.yaml")._target_
+    assert cfg.method[slot]._target_ == expected
+    skip_if_missing(cfg)
+    build_method(cfg.method, grid=(16, 16))
+
+
+def test_slot_swaps_keep_the_rest_of_the_method():
+    cfg = cfg_of("method=gtr", "method/cache=lazymar")
+    assert targets(cfg) == {"order": "gtr.gtr.StagedOrder", "counts": "gtr.gtr.StageCounts",
+                            "steps": "gtr.gtr.StageSteps", "cache": "baselines.lazymar.LazyMAR"}
+    assert cfg.method.cache.head_steps == cfg.method.diffusion_steps
+    cfg = cfg_of("method=gtr", "method/steps=disa")
+    assert targets(cfg)["steps"] == "baselines.disa.DiSASteps" and targets(cfg)["order"] == "gtr.gtr.StagedOrder"
+
+
+def test_shared_knobs_reach_the_slots():
+    cfg = cfg_of("method=gtr", "method.stages=4")
+    assert cfg.method.order.num_stages == 4 and cfg.method.counts.num_stages == 4
+    cfg = cfg_of("method=halton", "method.num_iter=8")
+    assert cfg.method.counts.num_iter == 8
+    cfg = cfg_of("method=gtr_t1b")
+    assert list(cfg.method.counts.steps) == [16, 3, 1] and cfg.method.counts.intra_stage == "cosine"
+    cfg = cfg_of("method=gtr_enc")
+    assert cfg.method.steps._target_ == "gtr.method.ConstantSteps" and cfg.method.steps.num_steps == 100
+    cfg = cfg_of("method=gtr_diff")
+    assert cfg.method.order._target_ == "gtr.method.RandomOrder" and cfg.method.steps.fts == "none"
+
+
+def test_paper_budgets():
+    """The counts the method files give on MAR's 16x16 grid (REFERENCE sections 3, 4, 4b)."""
+    def counts(method, *extra):
+        cfg = cfg_of("model=mar_h", f"method={method}", *extra)
+        skip_if_missing(cfg)
+        return build_method(cfg.method, grid=(16, 16)).counts((16, 16))
+    assert len(counts("mar")) == 64 and counts("step16") == [2, 3, 7, 8, 11, 13, 15, 16, 19, 20, 22, 23, 23, 25,
+                                                              24, 25]
+    assert len(counts("gtr")) == 24 + 6 + 2
+    assert len(counts("gtr_t1b")) == 20 and len(counts("gtr_fast")) == 9
+    assert counts("halton") == [10, 10, 10, 11, 10, 11, 11, 12, 12, 13, 13, 15, 16, 19, 25, 58]
+
+
+def test_disa_clips_like_its_code():
+    cfg = cfg_of("method=disa")
+    pytest.importorskip("baselines.disa")
+    from baselines.disa import DISA_CLIP_TIMESTEPS
+    assert cfg.method.clip_timesteps == DISA_CLIP_TIMESTEPS
+    assert cfg_of("method=gtr_fast").method.clip_timesteps == 950
+    assert cfg_of("method=mar").method.clip_timesteps is None
+
+
+# ---------------------------------------------------------------- refusals
+def test_stage_mismatch_is_refused():
+    cfg = cfg_of("method=gtr", "method.order.num_stages=2")
+    with pytest.raises(ConfigError, match="StageCounts has 3 stages but the StagedOrder has 2"):
+        build_method(cfg.method)
+
+
+def test_a_parameter_for_another_slot_class_is_refused_clearly():
+    cfg = cfg_of("method=gtr_nofts", "method/steps=disa")
+    skip_if_missing(cfg)
+    with pytest.raises(ConfigError, match=r"steps slot baselines.disa.DiSASteps: .*unexpected keyword argument 'fts'"):
+        build_method(cfg.method)
+
+
+def test_a_method_that_does_not_fit_the_grid_is_refused():
+    cfg = cfg_of("model=tiny", "method=gtr", "method.stages=9")
+    with pytest.raises(ConfigError, match="does not fit the model's 8x8 token grid"):
+        build_method(cfg.method, grid=grid_of(cfg))
+    cfg = cfg_of("model=tiny", "method=gtr_fast", "method.stages=4")  # 3 stage step counts for 4 stages
+    with pytest.raises(ConfigError, match="one step count per stage"):
+        build_method(cfg.method, grid=grid_of(cfg))
+
+
+def test_disa_steps_without_the_clip_are_flagged(caplog):
+    cfg = cfg_of("method=gtr", "method/steps=disa")
+    skip_if_missing(cfg)
+    build_method(cfg.method)
+    assert "caps timesteps at 950" in caplog.text
+
+
+def test_a_slot_without_target_is_refused():
+    cfg = cfg_of("method=mar")
+    cfg.method.order = {"num_stages": 3}
+    with pytest.raises(ConfigError, match="slot 'order' has no _target_"):
+        build_method(cfg.method)
+
+
+def test_missing_checkpoint_says_how_to_get_it(tmp_path):
+    cfg = cfg_of("model=tiny", f"checkpoint={tmp_path / 'nope.pth'}")
+    with pytest.raises(ConfigError, match="(?s)does not exist.*scripts/train.py.*model.random_init=true"):
+        build_model(cfg.model, checkpoint=cfg.checkpoint)
+
+
+# ---------------------------------------------------------------- every method samples
+FAST_STEPS = {  # few diffusion steps per slot class, so that 20 methods sample in seconds
+    "gtr.method.ConstantSteps": {"num_steps": 3},
+    "gtr.gtr.StageSteps": {"t_max": 3, "t_min": 2, "t_rec": 2, "t_detail": 3},
+    "baselines.disa.DiSASteps": {"upper": 3, "lower": 1},
+}
+
+
+@pytest.fixture(scope="module")
+def tiny_model():
+    return build_model(cfg_of("model=tiny", "model.random_init=true").model)
+
+
+@pytest.mark.parametrize("method", METHODS)
+def test_every_method_samples_and_fills_each_position_once(method, tiny_model):
+    cfg = cfg_of("model=tiny", "model.random_init=true", f"method={method}")
+    skip_if_missing(cfg)
+    for key, value in FAST_STEPS[cfg.method.steps._target_].items():
+        cfg.method.steps[key] = value
+    if cfg.method.counts._target_ in ("gtr.method.CosineCounts", "baselines.halton.HaltonCounts"):
+        cfg.method.num_iter = min(cfg.method.num_iter, 8)
+    if cfg.method.cache._target_ == "baselines.lazymar.LazyMAR":
+        cfg.method.num_iter = 12  # past LazyMAR's 5 full steps, so that lazy steps run too
+    built = build_method(cfg.method, grid=(8, 8))
+    predicted = []
+    tokens = sample(tiny_model, built, torch.tensor([2, 7]), [image_generator(0, i) for i in range(2)], cfg=2.0,
+                    clip_timesteps=cfg.method.clip_timesteps,
+                    callback=lambda info: predicted.append(info["step"].predict.cpu()))
+    filled = torch.cat(predicted, dim=1)  # (2, 64) positions in the order they were predicted
+    assert filled.shape == (2, 64)
+    for row in filled:
+        assert sorted(row.tolist()) == list(range(64)), f"{method}: a position is filled twice or never"
+    assert [p.shape[1] for p in predicted] == built.counts((8, 8))
+    assert torch.isfinite(tokens).all() and (tokens.abs().sum(-1) > 0).all()  # every token written
+
+
+# ---------------------------------------------------------------- experiments
+PAPER_KEYS = {n: set(pd.read_csv(ROOT / "results" / "paper" / f"table{n}.csv")["key"]) for n in range(1, 6)}
+
+
+def sweep_params(experiment):
+    cfg = cfg_of(f"experiment={experiment}", hydra_node=True)
+    return cfg, {k: str(v).split(",") for k, v in cfg.hydra.sweeper.params.items()}
+
+
+def test_table1_rows_compose_to_paper_keys():
+    cfg, params = sweep_params("table1")
+    assert cfg.hydra.mode == RunMode.MULTIRUN and cfg.eval.name == "fid50k"
+    assert params["model"] == ["mar_b", "mar_l", "mar_h"] and params["+experiment/table1"] == ["glob(*)"]
+    rows = sorted(p.stem for p in (CONFIGS / "experiment" / "table1").glob("*.yaml"))
+    assert len(rows) == 12
+    keys = set()
+    for row in rows:
+        c = cfg_of("experiment=table1", "model=mar_h", f"+experiment/table1={row}")
+        assert c.table == 1 and c.model.key == "mar_h"
+        keys.add(c.key)
+        if all(importlib.util.find_spec(t.rsplit(".", 1)[0]) for t in targets(c).values()):
+            build_method(c.method, grid=(16, 16))
+    assert keys == {k for k in PAPER_KEYS[1] if k.startswith("mar_h/")} | {"mar_h/step32/gtr"}  # + ours only
+    for model in params["model"]:  # the key follows the swept model
+        assert cfg_of("experiment=table1", f"model={model}", "+experiment/table1=s8_gtr").key == f"{model}/step8/gtr"
+    c = cfg_of("experiment=table1", "model=mar_h", "+experiment/table1=s16_disa")
+    assert c.method.name == "disa" and c.method.num_iter == 24 and c.key == "mar_h/step16/disa"
+
+
+@pytest.mark.parametrize("table", [3, 4, 5])
+def test_single_model_tables_compose_to_paper_keys(table):
+    cfg, params = sweep_params(f"table{table}")
+    assert cfg.model.key == "mar_h" and cfg.hydra.mode == RunMode.MULTIRUN
+    keys = set()
+    for method in params["method"]:
+        c = cfg_of(f"experiment=table{table}", f"method={method}")
+        assert c.table == table and c.key is not None, f"table{table}: no key for method {method}"
+        keys.add(c.key)
+        if c.method.counts._target_ == "gtr.gtr.StageCounts":
+            assert list(c.method.counts.steps) == [16, 3, 1]  # the Table 1 "Step=16" GtR budget
+        skip_if_missing(c)
+        build_method(c.method, grid=(16, 16))
+    paper = PAPER_KEYS[table] - ({"table3/none"} if table == 3 else set())  # "none": no config identified
+    assert keys - {"mar_h/64/mar"} == paper - {"mar_h/64/mar"}
+
+
+def test_table2_and_demo():
+    assert "GenEval needs its own environment" in cfg_of("experiment=table2").eval.unsupported
+    cfg, params = sweep_params("demo")
+    assert cfg.model.key == "tiny" and cfg.eval.name == "demo" and cfg.table == "demo"
+    assert set(params["method"]) <= set(METHODS)
+
+
+def test_run_folder_encodes_the_settings():
+    base = cfg_of("model=mar_b", "method=gtr")
+    assert base.run_name.startswith("mar_b/gtr-K3_cfg2.9_seed0_preview_")
+    assert settings_hash(cfg_of("model=mar_b", "method=gtr", "method.stages=2")) != settings_hash(base)
+    assert settings_hash(cfg_of("model=mar_b", "method=gtr", "method.steps.beta=0.2")) != settings_hash(base)
+    assert settings_hash(cfg_of("model=mar_b", "method=gtr", "n=8")) != settings_hash(base)
+    # batch size and shard size change no image: same folder, so a run can resume with another batch size
+    assert settings_hash(cfg_of("model=mar_b", "method=gtr", "batch_size=3", "shard_size=5")) == settings_hash(base)
+
+
+# ---------------------------------------------------------------- the sweep, through hydra.main
+def test_sweep_smoke(tmp_path):
+    """`-m method.stages=2,3` through scripts/sample.py's hydra.main, in this process (hydra's basic
+    launcher runs the jobs one after the other): two run folders, each complete."""
+    spec = importlib.util.spec_from_file_location("sample_script", ROOT / "scripts" / "sample.py")
+    script = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(script)
+    argv = sys.argv
+    sys.argv = ["sample.py", "-m", "model=tiny", "model.random_init=true", "method=gtr", "method.stages=2,3", "n=2",
+                "device=cpu", "threads=1", "method.steps.t_max=2", "method.steps.t_min=1", "method.steps.t_rec=1",
+                "method.steps.t_detail=2", f"out_root={tmp_path}", "hydra.job_logging.root.level=WARNING"]
+    GlobalHydra.instance().clear()
+    try:
+        script.main()
+    finally:
+        sys.argv = argv
+        GlobalHydra.instance().clear()
+    runs = sorted(tmp_path.glob("tiny/gtr-K*/run.json"))
+    assert [p.parent.name.split("_")[0] for p in runs] == ["gtr-K2", "gtr-K3"]
+    for path, stages in zip(runs, (2, 3)):
+        record = json.loads(path.read_text())
+        assert record["status"] == "done" and record["config"]["method"]["order"]["num_stages"] == stages
+        assert (path.parent / "samples.npz").is_file() and (path.parent / "grid.png").is_file()
