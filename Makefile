@@ -10,7 +10,7 @@ TORCH := torch==2.14.1 torchvision==0.29.1
         reproduce-table1 reproduce-table2 reproduce-table3 reproduce-table4 reproduce-table5 clean
 
 help:  ## list the targets
-	@grep -E '^[a-zA-Z0-9_-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  %-20s %s\n", $$1, $$2}'
+	@grep -E '^[a-zA-Z0-9_ -]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  %-20s %s\n", $$1, $$2}'
 
 $(STAMP): pyproject.toml
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -32,6 +32,18 @@ test: $(STAMP) data  ## run the test suite (CPU, no downloads)
 
 train-tiny: $(STAMP) data  ## train (or continue training) the tiny Fashion-MNIST MAR; resumable
 	$(PY) scripts/train.py --out results/tiny_mar --steps 2000
+
+demo: $(STAMP) data  ## the tiny world end to end on CPU: sample every method, score, count, time -> results/demo/
+	$(PY) scripts/demo.py
+
+flops: $(STAMP)  ## FLOPs columns of Tables 1 and 3 for every row, beside the paper's (CPU, no weights)
+	$(PY) scripts/flops.py
+
+tables: $(STAMP)  ## paper tables with our runs and deltas -> results/table*.md, fid_vs_flops.png
+	$(PY) scripts/tables.py --runs results/runs --out results
+
+reproduce-table1 reproduce-table2 reproduce-table3 reproduce-table4 reproduce-table5: $(STAMP)  ## on a GPU box; checks first what is missing
+	$(PY) scripts/reproduce.py --table $(@:reproduce-table%=%)
 
 verify-official:  ## compare with the official MAR code: make verify-official OFFICIAL=path/to/LTH14-mar
 	$(PY) -m pip install -q timm

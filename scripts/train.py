@@ -41,7 +41,22 @@ def parse_args(argv=None):
     p.add_argument("--save-every", type=int, default=50)
     p.add_argument("--log-every", type=int, default=10)
     p.add_argument("--limit-data", type=int, default=None, help="use only the first N training images (tests)")
+    p.add_argument("--export-only", action="store_true",
+                   help="only write <out>/tiny_mar_ema.pth (EMA weights) and train_config.json from the checkpoint")
     return p.parse_args(argv)
+
+
+def export(out):
+    """Write the slim sampling checkpoint <out>/tiny_mar_ema.pth ({"model_ema": EMA weights}, loadable
+    with gtr.checkpoints.load_mar) and <out>/train_config.json from <out>/checkpoint-last.pth."""
+    state = torch.load(os.path.join(out, "checkpoint-last.pth"), map_location="cpu", weights_only=False)
+    slim = {"model_ema": state["model_ema"], "step": state["step"], "model_name": state["model_name"],
+            "config": state["config"]}
+    save_atomic(slim, os.path.join(out, "tiny_mar_ema.pth"))
+    with open(os.path.join(out, "train_config.json"), "w") as f:
+        json.dump({"model_name": state["model_name"], "config": state["config"], "args": state["args"],
+                   "step": state["step"]}, f, indent=1)
+    print(f"exported {os.path.join(out, 'tiny_mar_ema.pth')} (EMA weights at step {state['step']})", flush=True)
 
 
 def learning_rate(step, args):
@@ -61,6 +76,8 @@ def save_atomic(obj, path):
 def main(argv=None):
     args = parse_args(argv)
     torch.set_num_threads(args.threads)
+    if args.export_only:
+        return export(args.out)
     os.makedirs(args.out, exist_ok=True)
     ckpt_path = os.path.join(args.out, "checkpoint-last.pth")
     log_path = os.path.join(args.out, "train_log.jsonl")
@@ -141,6 +158,8 @@ def main(argv=None):
             checkpoint()
     checkpoint()
     print(f"saved {ckpt_path} at step {step}", flush=True)
+    if step >= args.steps:
+        export(args.out)
 
 
 if __name__ == "__main__":
