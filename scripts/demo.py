@@ -8,7 +8,7 @@ Every row is a method config (configs/method/) plus overrides, built with gtr.bu
 method config added to ROWS below appears in every demo table. The grid is 8x8 = 64 tokens, a quarter
 of ImageNet-256's 256, so the paper's step counts are scaled by 1/4 to keep its tokens per step: the
 full budget is 16 AR steps (paper: 64), and its Step=16 / Step=8 groups become Step=4 / Step=2.
-Image i of every row is drawn from image_generator(seed, i) with label i % 10... (class-balanced), so a
+Image i of every row is drawn from image_generator(seed, i) with label i % 10 (class-balanced; scripts/sample.py orders labels class-major instead), so a
 rerun gives the same numbers. All rows cap the head's timesteps at 950 (--clip-timesteps; see its help). Each finished row is saved (results/demo/runs/<row>.json) and skipped
 on a rerun unless --force: an interrupted demo loses no finished row.
 """
