@@ -131,6 +131,16 @@ def find_file(path):
     return None
 
 
+def local_or_hub(path, name, what):
+    """A local file for `path` (see find_file), or the hub file of `name` when no path is given."""
+    if path:
+        found = find_file(path)
+        if found is None:
+            raise CheckpointError(f"{what} {path} does not exist")
+        path = str(found)
+    return resolve(path, name)
+
+
 def build_model(cfg_model, device="cpu", checkpoint=None):
     """The MAR of `cfg_model` on `device` in eval mode.
 
@@ -149,15 +159,9 @@ def build_model(cfg_model, device="cpu", checkpoint=None):
     if cfg_model.random_init:
         log.warning("model %s has RANDOM weights (model.random_init=true): the images are noise", cfg_model.name)
     else:
-        path = checkpoint or cfg_model.checkpoint
         try:
-            if path:
-                found = find_file(path)
-                if found is None:
-                    raise CheckpointError(f"checkpoint {path} does not exist")
-                path = str(found)
-            path = resolve(path, cfg_model.name)
-            load_mar(model, path, cfg_model.weights)
+            load_mar(model, local_or_hub(checkpoint or cfg_model.checkpoint, cfg_model.name, "checkpoint"),
+                     cfg_model.weights)
         except (CheckpointError, FileNotFoundError) as e:
             hint = cfg_model.get("checkpoint_hint")
             message = f"model {cfg_model.name}: {e}".rstrip(". ") + ". " + (f"{hint}. " if hint else "")
@@ -193,14 +197,8 @@ def decoder(cfg_model, model, device="cpu"):
         torch.manual_seed(0)  # the VAE's default init draws from the global RNG: seeded for random_init runs
         vae = AutoencoderKL()
     if not cfg_model.random_init:
-        path = cfg_model.get("vae_checkpoint")
         try:
-            if path:
-                found = find_file(path)
-                if found is None:
-                    raise CheckpointError(f"VAE checkpoint {path} does not exist")
-                path = str(found)
-            load_vae_state(vae, resolve(path, "vae"))
+            load_vae_state(vae, local_or_hub(cfg_model.get("vae_checkpoint"), "vae", "VAE checkpoint"))
         except (CheckpointError, FileNotFoundError, ValueError) as e:
             raise ConfigError(f"VAE: {e}. Pass model.vae_checkpoint=PATH (kl16.ckpt or kl16.safetensors), or "
                               "model.random_init=true for a smoke run with random weights.") from None
