@@ -34,7 +34,9 @@ train-tiny: $(STAMP) data  ## train (or continue training) the tiny Fashion-MNIS
 	$(PY) scripts/train.py --out results/tiny_mar --steps 2000
 
 demo: $(STAMP) data  ## the tiny world end to end on CPU: sample every method, score, count, time -> results/demo/
-	$(PY) scripts/demo.py
+	@# --force: recompute every row (the committed records are the numbers to reproduce); an
+	@# interrupted demo resumes without recomputing finished rows: python scripts/demo.py
+	$(PY) scripts/demo.py --force
 
 flops: $(STAMP)  ## FLOPs columns of Tables 1 and 3 for every row, beside the paper's (CPU, no weights)
 	$(PY) scripts/flops.py
