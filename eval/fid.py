@@ -37,6 +37,8 @@ from torch_fidelity.metric_prc import (prc_featuresdict_to_metric, KEY_METRIC_PR
 from torch_fidelity.registry import FEATURE_EXTRACTORS_REGISTRY
 from torch_fidelity.utils import create_feature_extractor, extract_featuresdict_from_input_id
 
+from gtr.models.vae import to_uint8  # MAR's PNG conversion
+
 INCEPTION = "inception-v3-compat"  # torch-fidelity's registered name of FeatureExtractorInceptionV3
 # fact: basename of torch_fidelity.feature_extractor_inceptionv3.URL_INCEPTION_V3 (0.4.0);
 # load_state_dict_from_url keeps it under <torch hub dir>/checkpoints/.
@@ -223,12 +225,6 @@ class _UInt8Images(torch.utils.data.Dataset):
     def __getitem__(self, i):
         x = self.images[i]
         return x.expand(3, -1, -1).contiguous() if x.shape[0] == 1 else x
-
-
-def to_uint8(images: torch.Tensor) -> torch.Tensor:
-    """[-1, 1] floats -> uint8 as MAR writes its PNGs: round(clip((x + 1) / 2 * 255))."""
-    # fact: MAR's PNG conversion, REFERENCE.md section 1 sample_tokens step 5
-    return torch.round(((images.float() + 1) / 2 * 255).clamp(0, 255)).to(torch.uint8)
 
 
 def _as_input(samples):

@@ -23,7 +23,7 @@ from gtr.checkpoints import CheckpointError, load_mar, resolve
 from gtr.gtr import StageCounts, StagedOrder
 from gtr.method import Method
 from gtr.models.mar import build_mar
-from gtr.models.vae import AutoencoderKL, decode_tokens, load_vae_state
+from gtr.models.vae import AutoencoderKL, decode_tokens, load_vae_state, to_uint8
 from gtr.sampler import PlainModel
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -172,10 +172,9 @@ def build_model(cfg_model, device="cpu", checkpoint=None):
 
 
 # ---------------------------------------------------------------- decoding
-def to_uint8(images):
-    """[-1, 1] floats (B, C, H, W) -> uint8 (B, H, W, C), as MAR writes PNGs: round(clip((x + 1) / 2 * 255))."""
-    x = torch.round(((images.float() + 1) / 2 * 255).clamp(0, 255))
-    return x.to(torch.uint8).permute(0, 2, 3, 1).contiguous()
+def to_uint8_nhwc(images):
+    """[-1, 1] floats (B, C, H, W) -> uint8 (B, H, W, C), MAR's PNG conversion (gtr.models.vae.to_uint8)."""
+    return to_uint8(images).permute(0, 2, 3, 1).contiguous()
 
 
 def decoder(cfg_model, model, device="cpu"):
@@ -186,10 +185,8 @@ def decoder(cfg_model, model, device="cpu"):
     """
     kind = cfg_model.get("decoder", "vae")
     if kind == "pixels":
-        from gtr.tiny import pixels_to_uint8
-
         def decode_pixels(tokens):
-            return pixels_to_uint8(model.unpatchify(tokens)).permute(0, 2, 3, 1).contiguous().cpu()
+            return to_uint8_nhwc(model.unpatchify(tokens)).cpu()
         return decode_pixels
     if kind != "vae":
         raise ConfigError(f"model.decoder must be 'vae' or 'pixels', got {kind!r}")
@@ -206,7 +203,7 @@ def decoder(cfg_model, model, device="cpu"):
 
     @torch.no_grad()
     def decode_vae(tokens):
-        return to_uint8(decode_tokens(vae, model.unpatchify(tokens).float())).cpu()
+        return to_uint8_nhwc(decode_tokens(vae, model.unpatchify(tokens).float())).cpu()
     return decode_vae
 
 

@@ -17,11 +17,6 @@ def images_to_pixels(images_uint8):
     return F.pad(x, (PAD, PAD, PAD, PAD), value=-1.0)
 
 
-def pixels_to_uint8(pixels):
-    """(N, 1, 32, 32) in [-1, 1] -> (N, 1, 32, 32) uint8 (rounded and clipped like MAR's PNG writer)."""
-    return torch.clamp(torch.round((pixels.float() + 1) * 127.5), 0, 255).to(torch.uint8)
-
-
 def load_tokens(model, split="train"):
     """All images of a split as tokens (N, 64, 16) and labels (N,)."""
     images, labels = load_fashion_mnist(split)

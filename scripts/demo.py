@@ -30,7 +30,7 @@ from gtr.build import build_method  # noqa: E402
 from gtr.checkpoints import load_mar  # noqa: E402
 from gtr.models.mar import build_mar  # noqa: E402
 from gtr.sampler import image_generator, sample  # noqa: E402
-from gtr.tiny import pixels_to_uint8  # noqa: E402
+from gtr.models.vae import to_uint8  # noqa: E402
 
 CHECKPOINT = ROOT / "results" / "tiny_mar" / "tiny_mar_ema.pth"
 
@@ -98,7 +98,7 @@ def run_row(row, model, args, out):
         idx = range(lo, min(n, lo + args.batch_size))
         tokens = sample(model, method, labels[lo:idx.stop], [image_generator(args.seed, i) for i in idx],
                         cfg=args.cfg, clip_timesteps=clip)
-        images.append(pixels_to_uint8(model.unpatchify(tokens)))
+        images.append(to_uint8(model.unpatchify(tokens)))
     seconds = time.perf_counter() - start
     images = torch.cat(images)
     scores = evaluate(images, ref_stats_path=fmnist_reference_stats(), feature_extractor="fmnist-classifier")

@@ -241,6 +241,14 @@ class AutoencoderKL(nn.Module):
         return self.decoder(self.post_quant_conv(z))
 
 
+def to_uint8(images):
+    """[-1, 1] floats -> uint8 of the same shape, as MAR writes its PNGs: round(clip((x + 1) / 2 * 255)).
+
+    The one conversion used everywhere (sampling, the tiny world, metrics). fact: LTH14/mar engine_mar.py
+    """
+    return torch.round(((images.float() + 1) / 2 * 255).clamp(0, 255)).to(torch.uint8)
+
+
 def decode_tokens(vae, tokens):
     """MAR tokens (B, embed_dim, h, w), in MAR's scaled latent space -> images roughly in [-1, 1]."""
     if tokens.ndim != 4 or tokens.shape[1] != vae.embed_dim:
