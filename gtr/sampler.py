@@ -96,7 +96,7 @@ def sample(model, method, labels, generators, cfg=1.0, cfg_schedule="linear", te
     for k, n in enumerate(counts):
         known = orders[:, :done].sort(dim=1).values.to(device)
         predict = orders[:, done:done + n].sort(dim=1).values.to(device)
-        step = _step(k, counts, grid, known, predict, guided, generators)
+        step = Step(k, len(counts), counts, grid, known, predict, guided, generators)
         x_in = torch.cat([tokens, tokens]) if guided else tokens
         known_in = torch.cat([known, known]) if guided else known
         z = cache.condition(model, x_in, known_in, class_emb, step)
@@ -117,10 +117,6 @@ def sample(model, method, labels, generators, cfg=1.0, cfg_schedule="linear", te
         if callback is not None:
             callback({"step": step, "z": z, "tokens": tokens})
     return tokens
-
-
-def _step(k, counts, grid, known, predict, guided, generators):
-    return Step(k, len(counts), counts, grid, known, predict, guided, generators)
 
 
 def _take(x, index):
