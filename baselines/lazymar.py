@@ -202,8 +202,9 @@ class LazyMAR:
                 # fact: feihongyan1/LazyMAR mar_cache.py forward_mae_decoder: cat([x, x + diff]).
                 hidden = torch.cat([hidden, hidden + self._cfg_diff])
         self._prev_predict = step.predict
-        # As model.decode ends.
-        return model.decoder_norm(hidden)[:, model.buffer_size:] + model.diffusion_pos_embed_learned
+        # As the model's condition() ends (MAR: norm and position embedding; LightGen: its text
+        # cross-attention stack, run in full: LazyMAR has no cache for it).
+        return model.output(hidden, class_emb)
 
     def head(self, model, step):
         """The head for this AR step: the model's own, or a LazyHead (its cache lives for one AR step;
@@ -217,7 +218,7 @@ class LazyMAR:
     # ---- full steps: plain MAR, keeping what lazy steps reuse ----
     def _full(self, model, tokens, known, class_emb, rows, cfg_cache):
         keep = _seq_index(model, known)
-        x = _take(self._embed(model, tokens, class_emb), keep)
+        x = _take(model.encoder_input(tokens, class_emb), keep)
         if self.encoder_cache:
             self._enc_k, self._enc_v = [], []
         for block in model.encoder_blocks:
@@ -246,20 +247,9 @@ class LazyMAR:
         return x
 
     @staticmethod
-    def _embed(model, tokens, class_emb):
-        """The encoder's input for every sequence row (buffer slots first), as model.encode builds it."""
-        b = tokens.shape[0]
-        x = model.z_proj(tokens)
-        x = torch.cat([class_emb[:, None].to(x.dtype).expand(b, model.buffer_size, -1), x], dim=1)
-        return model.z_proj_ln(x + model.encoder_pos_embed_learned)
-
-    @staticmethod
     def _decoder_input(model, encoded, keep):
-        """The decoder's input: embedded encoder rows at `keep`, the mask token elsewhere (as model.decode)."""
-        x = model.decoder_embed(encoded)
-        b, _, d = x.shape
-        full = model.mask_token.to(x.dtype).expand(b, model.seq_len + model.buffer_size, d).clone()
-        return _put(full, keep, x) + model.decoder_pos_embed_learned
+        """The decoder's input: embedded encoder rows at `keep` (sequence rows), the mask token elsewhere."""
+        return model.decoder_input(encoded, keep[:, model.buffer_size:] - model.buffer_size)
 
     @staticmethod
     def _by_position(model, kv, keep):
@@ -275,7 +265,7 @@ class LazyMAR:
         if self.encoder_cache:
             x = self._lazy_encoder(model, tokens[:rows], class_emb[:rows], keep, rows)
         else:
-            x = _take(self._embed(model, tokens[:rows], class_emb[:rows]), keep)
+            x = _take(model.encoder_input(tokens[:rows], class_emb[:rows]), keep)
             for block in model.encoder_blocks:
                 q, k, v = _qkv(block, block.norm1(x))
                 x = x + _attend(block, q, k, v)
@@ -288,7 +278,7 @@ class LazyMAR:
         (fact: feihongyan1/LazyMAR basic.py EncoderAttention: lazy steps write the new tokens' and the
         buffer's K/V into the cache and attend over all cached K/V); returns the updated decoder input."""
         new = _seq_index(model, _double(self._prev_predict, rows))
-        x = _take(self._embed(model, tokens, class_emb), new)
+        x = _take(model.encoder_input(tokens, class_emb), new)
         for layer, block in enumerate(model.encoder_blocks):
             q, k, v = _qkv(block, block.norm1(x))
             self._enc_k[layer] = self._enc_k[layer].scatter(2, _heads_index(new, k), k)
@@ -299,8 +289,8 @@ class LazyMAR:
             x = x + block.mlp(block.norm2(x))
         # Only the buffer and the new rows of the decoder input change (fact: feihongyan1/LazyMAR
         # mar_cache.py: torch.where(prev_mask_to_pred_with_buffer, x, cache['encoder_output'])).
-        fresh = model.decoder_embed(model.encoder_norm(x)) + _take(
-            model.decoder_pos_embed_learned.expand(rows, -1, -1), new)
+        x = model.decoder_embed(model.encoder_norm(x))
+        fresh = x + _take(model.decoder_pos(x).expand(rows, -1, -1), new)
         self._dec_in = _put(self._dec_in, new, fresh)
         return self._dec_in
 

@@ -34,6 +34,7 @@ import torch
 import torch.nn.functional as F
 from torch.utils.flop_counter import FlopCounterMode
 
+from gtr.models.lightgen import MODEL_CONFIGS as LIGHTGEN_CONFIGS, build_lightgen
 from gtr.models.mar import build_mar
 from gtr.models.vae import AutoencoderKL, decode_tokens
 from gtr import sampler
@@ -63,9 +64,31 @@ CUSTOM_FLOPS = {aten._scaled_dot_product_flash_attention_for_cpu: _sdpa_flops}
 
 @lru_cache(maxsize=None)
 def meta_model(name):
-    """A MAR built on `meta` (no memory): enough to count FLOPs. Cached per name (it is never changed)."""
+    """A MAR (or LightGen, by name) built on `meta` (no memory): enough to count FLOPs. Cached per name."""
     with torch.device("meta"):
-        return build_mar(name).eval()
+        return (build_lightgen(name) if name in LIGHTGEN_CONFIGS else build_mar(name)).eval()
+
+
+def example_conditions(model, batch_size=1, device=None, first=0):
+    """Condition inputs for `batch_size` images: class ids first, first+1, ... (MAR), or T5-shaped states
+    (LightGen: zeros on meta, random elsewhere; the cost does not depend on the values)."""
+    device = model.fake_latent.device if device is None else device
+    c = model.config
+    if hasattr(c, "class_num"):
+        return (torch.arange(batch_size, device=device) + first) % c.class_num
+    shape = (batch_size, c.max_length, c.caption_channels)
+    if torch.device(device).type == "meta":
+        return torch.zeros(shape, device=device)
+    return torch.randn(shape, generator=torch.Generator().manual_seed(first)).to(device)
+
+
+def decode_for_cost(vae, model, tokens):
+    """Decode tokens to pixels with `vae`: MAR's KL-16 (gtr.models.vae) or a diffusers VAE (LightGen's
+    SD3.5: latents / scale + shift, elementwise, so only vae.decode costs FLOPs)."""
+    latents = model.unpatchify(tokens)
+    if isinstance(vae, AutoencoderKL):
+        return decode_tokens(vae, latents)
+    return vae.decode(latents).sample
 
 
 @lru_cache(maxsize=None)
@@ -298,12 +321,12 @@ def count_run(model, method, cfg=3.0, cfg_schedule="linear", clip_timesteps=None
                 sdpa = counting.memoised("scaled_dot_product_attention", sdpa)
             with mock.patch.object(sampler, "sample_head", loop), \
                     mock.patch.object(F, "scaled_dot_product_attention", sdpa):
-                tokens = sampler.sample(model, method, torch.tensor([label], device=device),
+                tokens = sampler.sample(model, method, example_conditions(model, 1, device, label),
                                         [sampler.image_generator(0, 0)], cfg=cfg, cfg_schedule=cfg_schedule,
                                         clip_timesteps=clip_timesteps)
             if vae is not None:
                 with counting.part("vae"):
-                    decode_tokens(vae, model.unpatchify(tokens))
+                    decode_for_cost(vae, model, tokens)
         finally:
             counting.close()
     total = counting.total()
@@ -413,16 +436,15 @@ def measure_latency(model, method, batch_size=1, n_warmup=1, n_batches=3, device
     if device.type == "meta":
         raise ValueError("cannot time on the meta device; use count_flops for FLOPs")
     cuda = device.type == "cuda"
-    classes = model.config.class_num
 
     def one_batch(b):
         gens = [sampler.image_generator(seed, b * batch_size + i) for i in range(batch_size)]
-        labels = (torch.arange(batch_size) + b * batch_size) % classes
+        labels = example_conditions(model, batch_size, "cpu", b * batch_size)
         with torch.no_grad(), torch.autocast(device.type, dtype=dtype, enabled=dtype != torch.float32):
             tokens = sampler.sample(model, method, labels, gens, cfg=cfg, cfg_schedule=cfg_schedule,
                             temperature=temperature, clip_timesteps=clip_timesteps)
             if vae is not None:
-                decode_tokens(vae, model.unpatchify(tokens))
+                decode_for_cost(vae, model, tokens)
 
     for b in range(n_warmup):
         one_batch(b)

@@ -14,6 +14,7 @@ import logging
 import os
 from pathlib import Path
 
+import numpy as np
 import torch
 from hydra.errors import InstantiationException
 from hydra.utils import instantiate
@@ -22,6 +23,7 @@ from omegaconf import DictConfig, OmegaConf
 from gtr.checkpoints import CheckpointError, load_mar, resolve
 from gtr.gtr import StageCounts, StagedOrder
 from gtr.method import Method
+from gtr.models.lightgen import build_lightgen
 from gtr.models.mar import build_mar
 from gtr.models.vae import AutoencoderKL, decode_tokens, load_vae_state, to_uint8
 from gtr.sampler import PlainModel
@@ -141,8 +143,11 @@ def local_or_hub(path, name, what):
     return resolve(path, name)
 
 
+ARCHITECTURES = {"mar": build_mar, "lightgen": build_lightgen}  # model.arch -> builder(name, **overrides)
+
+
 def build_model(cfg_model, device="cpu", checkpoint=None):
-    """The MAR of `cfg_model` on `device` in eval mode.
+    """The model (MAR, or LightGen with model.arch=lightgen) of `cfg_model` on `device` in eval mode.
 
     Weights: `checkpoint` (the top-level alias) or cfg_model.checkpoint, or the hub when both are
     null (gtr.checkpoints.resolve); `random_init: true` skips loading and gives a seeded random model
@@ -150,10 +155,13 @@ def build_model(cfg_model, device="cpu", checkpoint=None):
     """
     overrides = cfg_model.get("overrides")
     overrides = OmegaConf.to_container(overrides, resolve=True) if isinstance(overrides, DictConfig) else {}
+    arch = cfg_model.get("arch", "mar")
+    if arch not in ARCHITECTURES:
+        raise ConfigError(f"model.arch must be one of {sorted(ARCHITECTURES)}, got {arch!r}")
     try:
         with torch.random.fork_rng(devices=[]):
-            torch.manual_seed(0)  # MAR initialises itself from the global RNG: seeded, random_init runs repeat
-            model = build_mar(cfg_model.name, **overrides)
+            torch.manual_seed(0)  # the models initialise from the global RNG: seeded, random_init runs repeat
+            model = ARCHITECTURES[arch](cfg_model.name, **overrides)
     except (ValueError, TypeError) as e:
         raise ConfigError(f"model {cfg_model.get('key', cfg_model.name)!r}: {e}") from None
     if cfg_model.random_init:
@@ -181,15 +189,18 @@ def decoder(cfg_model, model, device="cpu"):
     """A function tokens (B, L, C) -> uint8 images (B, H, W, C) on the CPU.
 
     decoder 'vae': MAR's KL-16 VAE (weights from cfg_model.vae_checkpoint or the hub; random with
-    random_init); 'pixels' (tiny world): the tokens are pixel patches, unpatchify is the image.
+    random_init); 'pixels' (tiny world): the tokens are pixel patches, unpatchify is the image;
+    'sd_vae' (LightGen): SD3.5's VAE through diffusers (gtr.models.t2i).
     """
     kind = cfg_model.get("decoder", "vae")
     if kind == "pixels":
         def decode_pixels(tokens):
             return to_uint8_nhwc(model.unpatchify(tokens)).cpu()
         return decode_pixels
+    if kind == "sd_vae":
+        return _sd_vae_decoder(cfg_model, model, device)
     if kind != "vae":
-        raise ConfigError(f"model.decoder must be 'vae' or 'pixels', got {kind!r}")
+        raise ConfigError(f"model.decoder must be 'vae', 'sd_vae' or 'pixels', got {kind!r}")
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(0)  # the VAE's default init draws from the global RNG: seeded for random_init runs
         vae = AutoencoderKL()
@@ -224,14 +235,27 @@ def image_settings(cfg):
         model.pop("checkpoint", None)
         model.pop("vae_checkpoint", None)
     method = {k: v for k, v in plain(cfg.method).items() if k != "tag"}
-    return {"model": model, "method": method, "num_images": num_images(cfg), "labels": plain(cfg.get("labels")),
+    try:
+        n = num_images(cfg)
+        if is_prompt_eval(cfg.eval):  # text-to-image: the prompts themselves (not the file's path) make the images
+            model["prompts_sha1"] = hashlib.sha1(
+                json.dumps(read_prompt_texts(prompt_file(cfg.eval))).encode()).hexdigest()
+            model["samples_per_prompt"] = int(cfg.eval.samples_per_prompt)
+    except ConfigError:  # no prompts file: resolving the run folder's name must not fail; the run refuses
+        n = None
+    return {"model": model, "method": method, "num_images": n, "labels": plain(cfg.get("labels")),
             "balanced": cfg.eval.get("balanced", False), "seed": cfg.seed, "cfg": cfg.cfg,
             "cfg_schedule": cfg.cfg_schedule, "temperature": cfg.temperature, "dtype": cfg.dtype, "tf32": cfg.tf32}
 
 
 def num_images(cfg):
-    """The `n` alias, else the eval set's size."""
-    return int(cfg.n) if cfg.get("n") is not None else int(cfg.eval.num_images)
+    """The `n` alias, else the eval set's size (a prompts eval set without num_images: prompts x
+    samples_per_prompt)."""
+    if cfg.get("n") is not None:
+        return int(cfg.n)
+    if cfg.eval.get("num_images") is None and is_prompt_eval(cfg.eval):
+        return len(read_prompt_texts(prompt_file(cfg.eval))) * int(cfg.eval.get("samples_per_prompt", 1))
+    return int(cfg.eval.num_images)
 
 
 def settings_hash(cfg, length=8):
@@ -247,3 +271,103 @@ def _hash_resolver(*, _root_):
 # `${gtr_hash:}` in configs/sample.yaml's run_name; registered on import (scripts import this module).
 if not OmegaConf.has_resolver("gtr_hash"):
     OmegaConf.register_new_resolver("gtr_hash", _hash_resolver)
+
+
+def _sd_vae_decoder(cfg_model, model, device):
+    """LightGen's decoder: SD3.5's VAE (model.vae_checkpoint: a local SD3.5 folder or its vae/ folder;
+    null: the hub repo, which is gated). random_init: the SD3.5 architecture with random weights
+    (model.vae_overrides may shrink it for tests)."""
+    from gtr.models import t2i
+    if cfg_model.random_init:
+        from diffusers import AutoencoderKL as DiffusersVAE
+        overrides = cfg_model.get("vae_overrides")
+        overrides = OmegaConf.to_container(overrides, resolve=True) if isinstance(overrides, DictConfig) else {}
+        with torch.random.fork_rng(devices=[]):
+            torch.manual_seed(0)
+            vae = DiffusersVAE(**{**t2i.SD35_VAE_CONFIG, **overrides})
+    else:
+        try:
+            vae = t2i.load_sd_vae(cfg_model.get("vae_checkpoint") or t2i.SD35_REPO, device="cpu",
+                                  latent_channels=model.config.vae_embed_dim)
+        except CheckpointError as e:
+            raise ConfigError(f"SD3.5 VAE: {e}. Or model.random_init=true for a smoke run with random weights.") from None
+    vae = vae.to(device).eval()
+
+    @torch.no_grad()
+    def decode_sd(tokens):
+        return t2i.decode_latents(vae, model.unpatchify(tokens).float())
+    return decode_sd
+
+
+# ---------------------------------------------------------------- text conditions (LightGen)
+def is_prompt_eval(cfg_eval):
+    """Whether an eval set is made of prompts (it sets samples_per_prompt: eval/geneval, eval/prompts)."""
+    return cfg_eval.get("samples_per_prompt") is not None
+
+
+def prompt_file(cfg_eval):
+    """The prompts file of a text-to-image eval set (eval.prompts), checked to exist."""
+    path = cfg_eval.get("prompts")
+    if not path:
+        raise ConfigError(f"eval={cfg_eval.name} needs a prompts file: pass eval.prompts=PATH (GenEval: "
+                          "prompts/evaluation_metadata.jsonl of a djghosh13/geneval checkout, or set GENEVAL_PROMPTS; "
+                          "or a .txt file with one prompt per line)")
+    found = find_file(path)
+    if found is None:
+        raise ConfigError(f"prompts file {path} does not exist (eval.prompts)")
+    return found
+
+
+def read_prompt_texts(path):
+    """Prompt strings of a .jsonl file (GenEval metadata: the "prompt" field) or a text file (one per line)."""
+    path = Path(path)
+    if path.suffix == ".jsonl":
+        from eval.geneval import GenEvalError, read_prompts
+        try:
+            return [entry["prompt"] for entry in read_prompts(path)]
+        except GenEvalError as e:
+            raise ConfigError(str(e)) from None
+    texts = [line.strip() for line in path.read_text().splitlines() if line.strip()]
+    if not texts:
+        raise ConfigError(f"prompts file {path} holds no prompts")
+    return texts
+
+
+def text_conditions(cfg, model, device):
+    """(prompt_ids, encode) for a text-to-image run: image i shows prompt i // eval.samples_per_prompt
+    (GenEval's layout: 4 images per prompt), and encode(prompt ids) gives the model's condition input,
+    the T5 states (B, max_length, 4096) (model.text_encoder: a local T5 folder, or the hub's
+    google/flan-t5-xxl). With random_init and no text encoder, each prompt gets random states seeded by
+    its text (smoke runs: the images are noise either way)."""
+    texts = read_prompt_texts(prompt_file(cfg.eval))
+    per_prompt = int(cfg.eval.get("samples_per_prompt", 1))
+    n = num_images(cfg)
+    prompt_ids = np.arange(n, dtype=np.int64) // per_prompt
+    if prompt_ids.max() >= len(texts):
+        raise ConfigError(f"{n} images at {per_prompt} per prompt need {prompt_ids.max() + 1} prompts; "
+                          f"the prompts file has {len(texts)}")
+    c = model.config
+    source = cfg.model.get("text_encoder")
+    if cfg.model.random_init and not source:
+        log.warning("no text encoder and random weights: prompts get RANDOM T5 states (smoke run)")
+
+        def encode_random(ids):
+            states = []
+            for i in ids:
+                seed = int(hashlib.sha1(texts[int(i)].encode()).hexdigest()[:15], 16)
+                g = torch.Generator().manual_seed(seed)
+                states.append(torch.randn(c.max_length, c.caption_channels, generator=g))
+            return torch.stack(states).to(device)
+        return prompt_ids, encode_random
+    from gtr.models import t2i
+    try:
+        encoder = t2i.load_text_encoder(source or t2i.T5_REPO, max_length=c.max_length, device=device)
+    except CheckpointError as e:
+        raise ConfigError(f"text encoder: {e}") from None
+    if encoder.dim != c.caption_channels:
+        raise ConfigError(f"the text encoder gives {encoder.dim}-dim states; model {cfg.model.name} expects "
+                          f"{c.caption_channels} (T5-XXL)")
+
+    def encode(ids):
+        return encoder.encode([texts[int(i)] for i in ids])
+    return prompt_ids, encode

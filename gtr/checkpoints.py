@@ -35,8 +35,8 @@ def resolve(path=None, name=None, cache_dir=None):
                                     f"{OFFICIAL_URLS} and pass its path as checkpoint=PATH")
         return path
     if name not in HUB_FILES:
-        raise CheckpointError(f"no checkpoint given for model {name!r}: pass checkpoint=PATH "
-                              f"(official files: {OFFICIAL_URLS})")
+        where = f" (official files: {OFFICIAL_URLS})" if str(name).startswith("mar") else ""
+        raise CheckpointError(f"no checkpoint given for model {name!r}: pass checkpoint=PATH{where}")
     filename = HUB_FILES[name]
     try:
         from huggingface_hub import hf_hub_download

@@ -62,8 +62,10 @@ def draw_noise(generators, shape, device):
 @torch.no_grad()
 def sample(model, method, labels, generators, cfg=1.0, cfg_schedule="linear", temperature=1.0,
            clip_timesteps=None, orders=None, noise_fn=None, callback=None):
-    """Generate tokens (B, L, C) for class `labels` (B,) with `method`.
+    """Generate tokens (B, L, C) for the conditions `labels` with `method`.
 
+    labels: one condition per image, given to model.embed_condition: class ids (B,) for MAR (-1:
+    unconditional), T5 states (B, max_length, 4096) for LightGen.
     generators: one torch.Generator per image (see image_generator).
     cfg / cfg_schedule: guidance scale and 'linear' (MAR) or 'constant' schedule; cfg == 1: no guidance.
     temperature: scales the noise of each diffusion step. clip_timesteps: cap the head's timesteps.
@@ -74,8 +76,8 @@ def sample(model, method, labels, generators, cfg=1.0, cfg_schedule="linear", te
     device = model.fake_latent.device
     batch = len(generators)
     labels = torch.as_tensor(labels, device=device)
-    if labels.shape != (batch,):
-        raise ValueError(f"labels has shape {tuple(labels.shape)}, expected ({batch},): one per generator")
+    if labels.ndim == 0 or labels.shape[0] != batch:
+        raise ValueError(f"labels has shape {tuple(labels.shape)}, expected one condition per generator ({batch})")
     grid, seq_len, channels = (model.seq_h, model.seq_w), model.seq_len, model.token_dim
     counts = validate_schedule(method.counts(grid), seq_len)
     if orders is None:
@@ -84,7 +86,7 @@ def sample(model, method, labels, generators, cfg=1.0, cfg_schedule="linear", te
     if orders.shape != (batch, seq_len) or (orders.sort(dim=1).values != torch.arange(seq_len)).any():
         raise ValueError(f"orders must be {batch} permutations of {seq_len} positions")
     guided = cfg != 1.0
-    class_emb = model.class_embedding(labels)
+    class_emb = model.embed_condition(labels)
     if guided:
         class_emb = torch.cat([class_emb, model.unconditional_embedding(batch).to(class_emb.dtype)])
     cache = method.cache or PlainModel()

@@ -49,7 +49,7 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))  # run from a checkout, uninstalled
 
 from gtr.build import (ConfigError, build_method, build_model, decoder, image_settings,  # noqa: E402
-                       num_images, settings_hash)
+                       is_prompt_eval, num_images, settings_hash, text_conditions)
 from gtr.sampler import image_generator, sample  # noqa: E402
 
 DTYPES = {"fp32": None, "bf16": torch.bfloat16, "fp16": torch.float16}
@@ -262,16 +262,19 @@ def setup(cfg):
     return rank, world, device
 
 
-def make_shard(cfg, model, method, decode, labels, indices, progress):
+def make_shard(cfg, model, method, decode, labels, indices, progress, condition=torch.as_tensor):
     """Images (k, H, W, C) uint8 and, with eval.save_tokens, tokens (k, L, C) of the given image indices;
-    progress(number of images) after each batch."""
+    progress(number of images) after each batch. condition(labels of a batch) is the model's condition
+    input: the class ids themselves (MAR), or the T5 states of the prompts (LightGen)."""
     amp = DTYPES[cfg.dtype]
     images, tokens = [], []
     for b in range(0, len(indices), int(cfg.batch_size)):
         batch = indices[b:b + int(cfg.batch_size)]
         generators = [image_generator(cfg.seed, i) for i in batch]
+        with torch.no_grad():
+            cond = condition(labels[batch])
         with torch.autocast(model.fake_latent.device.type, dtype=amp) if amp else nullcontext():
-            x = sample(model, method, torch.as_tensor(labels[batch]), generators, cfg=cfg.cfg,
+            x = sample(model, method, cond, generators, cfg=cfg.cfg,
                        cfg_schedule=cfg.cfg_schedule, temperature=cfg.temperature,
                        clip_timesteps=cfg.method.clip_timesteps)
             images.append(decode(x).numpy())
@@ -310,7 +313,17 @@ def run(cfg):
     model = build_model(cfg.model, device, checkpoint=cfg.checkpoint)
     method = build_method(cfg.method, grid=(model.seq_h, model.seq_w))
     n, shard_size = num_images(cfg), int(cfg.shard_size)
-    labels = make_labels(n, model.config.class_num, cfg.eval.get("balanced", False), cfg.labels, cfg.eval.name)
+    if is_prompt_eval(cfg.eval):  # text-to-image: "labels" are prompt indices (image i: prompt i // per prompt)
+        if hasattr(model.config, "class_num"):
+            raise ConfigError(f"model {cfg.model.key} is class-conditional; eval={cfg.eval.name} (prompts) needs a "
+                              "text-to-image model (model=lightgen)")
+        labels, condition = text_conditions(cfg, model, device)
+    elif not hasattr(model.config, "class_num"):
+        raise ConfigError(f"model {cfg.model.key} is text-to-image: choose a prompts eval set (eval=geneval "
+                          "eval.prompts=PATH, or eval=prompts eval.prompts=FILE.txt)")
+    else:
+        labels = make_labels(n, model.config.class_num, cfg.eval.get("balanced", False), cfg.labels, cfg.eval.name)
+        condition = torch.as_tensor
     decode = decoder(cfg.model, model, device)
 
     out = Path(HydraConfig.get().runtime.output_dir)
@@ -332,7 +345,7 @@ def run(cfg):
     with tqdm(total=total, unit="img", desc=f"{cfg.model.key} {cfg.method.name}", disable=rank != 0) as bar:
         for s in todo:
             indices = list(shard_range(s, shard_size, n))
-            images, tokens = make_shard(cfg, model, method, decode, labels, indices, bar.update)
+            images, tokens = make_shard(cfg, model, method, decode, labels, indices, bar.update, condition)
             if cfg.save_png:
                 for i, image in zip(indices, images):
                     save_png(image, out / "images" / f"{i:06d}.png")

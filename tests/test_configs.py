@@ -16,6 +16,7 @@ from hydra.types import RunMode
 from omegaconf import OmegaConf
 
 from gtr.build import ConfigError, build_method, build_model, settings_hash
+from gtr.models.lightgen import MODEL_CONFIGS as LIGHTGEN_CONFIGS, LightGenConfig
 from gtr.models.mar import MODEL_CONFIGS, MARConfig
 from gtr.sampler import image_generator, sample
 
@@ -40,6 +41,8 @@ def cfg_of(*overrides, hydra_node=False):
 
 
 def grid_of(cfg):
+    if cfg.model.get("arch") == "lightgen":
+        return LightGenConfig(**LIGHTGEN_CONFIGS[cfg.model.name]).grid
     return MARConfig(**MODEL_CONFIGS[cfg.model.name]).grid
 
 
@@ -58,7 +61,7 @@ def skip_if_missing(cfg):
 
 
 def test_the_tree_has_what_the_brief_asks():
-    assert set(MODELS) == {"mar_b", "mar_l", "mar_h", "tiny"}
+    assert set(MODELS) == {"mar_b", "mar_l", "mar_h", "tiny", "lightgen"}
     assert REQUIRED_METHODS <= set(METHODS), sorted(REQUIRED_METHODS - set(METHODS))
     assert {"fid50k", "fid10k", "bench", "demo", "geneval"} <= {p.stem for p in (CONFIGS / "eval").glob("*.yaml")}
     assert {f"table{i}" for i in range(1, 6)} <= set(EXPERIMENTS)
@@ -78,7 +81,7 @@ def test_every_model_and_method_composes_and_builds(model, method):
 
 
 def test_model_defaults():
-    cfgs = {m: cfg_of(f"model={m}").model for m in MODELS}
+    cfgs = {m: cfg_of(f"model={m}").model for m in MODELS if m != "lightgen"}
     assert {m: c.cfg for m, c in cfgs.items() if m != "tiny"} == {"mar_b": 2.9, "mar_l": 3.0, "mar_h": 3.2}
     assert {c.name for c in cfgs.values()} == {"mar_base", "mar_large", "mar_huge", "mar_tiny"}
     assert all(c.weights == "model_ema" and c.random_init is False for c in cfgs.values())
@@ -264,8 +267,31 @@ def test_single_model_tables_compose_to_paper_keys(table):
     assert keys - {"mar_h/64/mar"} == paper - {"mar_h/64/mar"}
 
 
-def test_table2_and_demo():
-    assert "GenEval needs its own environment" in cfg_of("experiment=table2").eval.unsupported
+def test_table2_rows_compose_to_paper_keys():
+    cfg, params = sweep_params("table2")
+    assert cfg.model.key == "lightgen" and cfg.eval.name == "geneval" and cfg.hydra.mode == RunMode.MULTIRUN
+    assert cfg.eval.samples_per_prompt == 4 and cfg.cfg == 4.0 and cfg.cfg_schedule == "constant"
+    assert cfg.dtype == "fp16"  # the official GenEval script samples under torch.cuda.amp.autocast()
+    rows = sorted(p.stem for p in (CONFIGS / "experiment" / "table2").glob("*.yaml"))
+    keys, steps = set(), {}
+    for row in rows:
+        c = cfg_of("experiment=table2", f"+experiment/table2={row}")
+        assert c.table == 2
+        keys.add(c.key)
+        method = build_method(c.method, grid=(32, 32))
+        steps[c.key] = len(method.counts((32, 32)))
+        if c.method.steps._target_ == "gtr.method.ConstantSteps":
+            assert c.method.diffusion_steps == 50  # the paper: LightGen with 50 diffusion steps
+    assert keys == {k for k in PAPER_KEYS[2] if k.startswith("lightgen/")}
+    assert steps == {"lightgen/32/lightgen": 32, "lightgen/step16/lightgen": 16, "lightgen/step16/lazymar": 16,
+                     "lightgen/step16/gtr": 16, "lightgen/step12/lightgen": 12, "lightgen/step12/lazymar": 12,
+                     "lightgen/step12/gtr": 12}
+    # The paper's rates on 32x32 with K=4: 8 + 3 + 3 + 2 AR steps.
+    gtr16 = build_method(cfg_of("experiment=table2", "+experiment/table2=s16_gtr").method, grid=(32, 32))
+    assert gtr16.counts.stage_steps((32, 32)) == [8, 3, 3, 2]
+
+
+def test_demo_experiment():
     cfg, params = sweep_params("demo")
     assert cfg.model.key == "tiny" and cfg.eval.name == "demo" and cfg.table == "demo"
     assert set(params["method"]) <= set(METHODS)

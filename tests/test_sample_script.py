@@ -154,7 +154,9 @@ def test_a_folder_made_with_other_settings_is_not_resumed(reference, tmp_path, c
     (["method=nope"], "Could not find 'method/nope'"),
     (["model=tiny", "model.random_init=false", "checkpoint=/no/such.pth"], "scripts/train.py"),
     (["eval=fid10k", "n=15"], "not a multiple of the 10 classes"),
-    (["eval=geneval"], "GenEval needs its own environment"),
+    (["model=lightgen", "model.random_init=true", "eval=geneval", "eval.prompts=null"], "needs a prompts file"),
+    (["eval=geneval", f"eval.prompts={__file__}"], "class-conditional"),
+    (["model=lightgen", "model.random_init=true", "eval=bench"], "text-to-image: choose a prompts eval set"),
     (["method=gtr", "method.order.num_stages=2"], "StageCounts has 3 stages but the StagedOrder has 2"),
 ])
 def test_refusals_are_one_clear_message(tmp_path, capsys, overrides, message):

@@ -4,7 +4,11 @@ Written for gtr-bench; the parameter names and shapes are those of the official 
 (fact: LTH14/mar models/mar.py, models/diffloss.py) so `checkpoint-last.pth` loads strictly.
 
 The model exposes a small seam for samplers and caches, and knows nothing about sampling methods:
-    class_embedding(labels)                       -> (B, D) (labels None: the unconditional embedding)
+    embed_condition(labels)                       -> (B, D) class embedding (label -1: the unconditional one)
+    unconditional_embedding(B)                    -> (B, D) the fake latent
+and, for caches that run the blocks themselves (baselines/lazymar.py), the pieces of condition():
+    buffer_size, encoder_input(tokens, cond), encoder_blocks, encoder_norm, decoder_input(encoded,
+    known), decoder_pos(like), decoder_embed, decoder_blocks, output(hidden, cond) -> z
     encode(tokens, known, class_emb)              -> encoder output on buffer + known tokens
     decode(encoded, known)                        -> z, conditioning vectors for every position
     condition(tokens, known, class_emb)           -> decode(encode(...))
@@ -297,6 +301,13 @@ class MAR(nn.Module):
         emb = self.class_emb(labels.clamp(min=0))
         return torch.where((labels < 0)[:, None], self.fake_latent.to(emb.dtype), emb)
 
+    def embed_condition(self, labels):
+        """The sampler's name for the condition embedding: class ids (B,) -> (B, D) (see class_embedding)."""
+        labels = torch.as_tensor(labels)
+        if labels.ndim != 1:
+            raise ValueError(f"MAR takes class ids of shape (B,), got shape {tuple(labels.shape)}")
+        return self.class_embedding(labels)
+
     def unconditional_embedding(self, batch_size):
         return self.fake_latent.expand(batch_size, -1)
 
@@ -306,29 +317,45 @@ class MAR(nn.Module):
         buffer = torch.arange(self.buffer_size, device=known.device).expand(b, -1)
         return torch.cat([buffer, known + self.buffer_size], dim=1)
 
-    def encode(self, tokens, known, class_emb):
-        """Encoder on the class buffer and the known tokens only (masked tokens are dropped)."""
+    def encoder_input(self, tokens, class_emb):
+        """The encoder's input for every sequence row, buffer slots first: (B, buffer + L, D)."""
         b = tokens.shape[0]
         x = self.z_proj(tokens)
         x = torch.cat([class_emb[:, None].to(x.dtype).expand(b, self.buffer_size, -1), x], dim=1)
-        x = self.z_proj_ln(x + self.encoder_pos_embed_learned)
+        return self.z_proj_ln(x + self.encoder_pos_embed_learned)
+
+    def encode(self, tokens, known, class_emb):
+        """Encoder on the class buffer and the known tokens only (masked tokens are dropped)."""
+        x = self.encoder_input(tokens, class_emb)
         keep = self._keep_index(known)
         x = torch.gather(x, 1, keep[..., None].expand(-1, -1, x.shape[-1]))
         for block in self.encoder_blocks:
             x = block(x)
         return self.encoder_norm(x)
 
-    def decode(self, encoded, known):
-        """Decoder on all positions (mask token where unknown) -> z (B, seq_len, D)."""
+    def decoder_pos(self, like):
+        """The decoder's position embedding (1, buffer + L, D)."""
+        return self.decoder_pos_embed_learned
+
+    def decoder_input(self, encoded, known):
+        """The decoder's input: embedded encoder rows where known (and the buffer), mask token elsewhere."""
         x = self.decoder_embed(encoded)
         b, _, d = x.shape
         full = self.mask_token.to(x.dtype).expand(b, self.seq_len + self.buffer_size, d).clone()
         full = full.scatter(1, self._keep_index(known)[..., None].expand(-1, -1, d), x)
-        x = full + self.decoder_pos_embed_learned
+        return full + self.decoder_pos(full)
+
+    def output(self, hidden, class_emb=None):
+        """z from the last decoder block's output (B, buffer + L, D): norm, drop the buffer, add the
+        diffusion position embedding."""
+        return self.decoder_norm(hidden)[:, self.buffer_size:] + self.diffusion_pos_embed_learned
+
+    def decode(self, encoded, known):
+        """Decoder on all positions (mask token where unknown) -> z (B, seq_len, D)."""
+        x = self.decoder_input(encoded, known)
         for block in self.decoder_blocks:
             x = block(x)
-        x = self.decoder_norm(x)
-        return x[:, self.buffer_size:] + self.diffusion_pos_embed_learned
+        return self.output(x)
 
     def condition(self, tokens, known, class_emb):
         """Conditioning vectors z for every position given the known tokens."""
