@@ -6,7 +6,7 @@ STAMP := $(VENV)/.installed
 FASHION := /usr/share/datasets/fashion-mnist/train-images-idx3-ubyte.gz
 TORCH := torch==2.14.1 torchvision==0.29.1
 
-.PHONY: help install data test demo train-tiny flops tables verify-official \
+.PHONY: help install data test demo train-tiny flops tables verify-official verify-lightgen \
         reproduce-table1 reproduce-table2 reproduce-table3 reproduce-table4 reproduce-table5 clean
 
 help:  ## list the targets
@@ -16,7 +16,7 @@ $(STAMP): pyproject.toml
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install -q --upgrade pip
 	$(PY) -m pip install -q $(TORCH)
-	$(PY) -m pip install -q -e '.[eval,dev]'
+	$(PY) -m pip install -q -e '.[eval,t2i,dev]'
 	touch $(STAMP)
 
 install: $(STAMP)  ## create .venv and install the project
@@ -38,7 +38,7 @@ demo: $(STAMP) data  ## the tiny world end to end on CPU: sample every method, s
 	@# interrupted demo resumes without recomputing finished rows: python scripts/demo.py
 	$(PY) scripts/demo.py --force
 
-flops: $(STAMP)  ## FLOPs columns of Tables 1 and 3 for every row, beside the paper's (CPU, no weights)
+flops: $(STAMP)  ## FLOPs of every row of Tables 1-4 (LightGen's Table 2 too), beside the paper's (CPU, no weights)
 	$(PY) scripts/flops.py
 
 tables: $(STAMP)  ## paper tables with our runs and deltas -> results/table*.md, fid_vs_flops.png
@@ -50,6 +50,10 @@ reproduce-table1 reproduce-table2 reproduce-table3 reproduce-table4 reproduce-ta
 verify-official:  ## compare with the official MAR code: make verify-official OFFICIAL=path/to/LTH14-mar
 	$(PY) -m pip install -q timm
 	$(PY) scripts/verify_official.py --official $(OFFICIAL)
+
+verify-lightgen:  ## compare with the official LightGen code: make verify-lightgen OFFICIAL=path/to/LightGen
+	$(PY) -m pip install -q timm
+	$(PY) scripts/verify_lightgen.py --official $(OFFICIAL)
 
 clean:
 	rm -rf outputs multirun .pytest_cache

@@ -287,7 +287,7 @@ def _sd_vae_decoder(cfg_model, model, device):
             vae = DiffusersVAE(**{**t2i.SD35_VAE_CONFIG, **overrides})
     else:
         try:
-            vae = t2i.load_sd_vae(cfg_model.get("vae_checkpoint") or t2i.SD35_REPO, device="cpu",
+            vae = t2i.load_sd_vae(cfg_model.get("vae_checkpoint") or t2i.SD35_HUB_ID, device="cpu",
                                   latent_channels=model.config.vae_embed_dim)
         except CheckpointError as e:
             raise ConfigError(f"SD3.5 VAE: {e}. Or model.random_init=true for a smoke run with random weights.") from None
@@ -361,7 +361,7 @@ def text_conditions(cfg, model, device):
         return prompt_ids, encode_random
     from gtr.models import t2i
     try:
-        encoder = t2i.load_text_encoder(source or t2i.T5_REPO, max_length=c.max_length, device=device)
+        encoder = t2i.load_text_encoder(source or t2i.T5_HUB_ID, max_length=c.max_length, device=device)
     except CheckpointError as e:
         raise ConfigError(f"text encoder: {e}") from None
     if encoder.dim != c.caption_channels:

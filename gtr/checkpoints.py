@@ -23,6 +23,22 @@ class CheckpointError(ValueError):
     """A checkpoint that cannot be used, with the reason in words."""
 
 
+def hub_offline():
+    """Whether the user asked for offline mode (HF_HUB_OFFLINE / TRANSFORMERS_OFFLINE).
+
+    Read at call time: huggingface_hub reads HF_HUB_OFFLINE once, at import, so setting it later would
+    otherwise be ignored and an unreachable hub costs minutes of retries before failing.
+    """
+    flags = (os.environ.get("HF_HUB_OFFLINE"), os.environ.get("TRANSFORMERS_OFFLINE"))
+    if any(str(f).strip().lower() in ("1", "true", "yes", "on") for f in flags if f):
+        return True
+    try:
+        import huggingface_hub.constants as hc
+        return bool(hc.HF_HUB_OFFLINE)
+    except ImportError:
+        return False
+
+
 def resolve(path=None, name=None, cache_dir=None):
     """Return a local file for a checkpoint: `path` if given, else the hub file for model `name`.
 
@@ -40,7 +56,8 @@ def resolve(path=None, name=None, cache_dir=None):
     filename = HUB_FILES[name]
     try:
         from huggingface_hub import hf_hub_download
-        return hf_hub_download(HUB_REPO, filename, cache_dir=cache_dir)
+        # Offline (read now, not at import): only the local cache, no minutes of network retries.
+        return hf_hub_download(HUB_REPO, filename, cache_dir=cache_dir, local_files_only=hub_offline())
     except Exception as e:  # offline, blocked, missing package: say what to do instead
         raise CheckpointError(
             f"could not get {filename} from the hub repo {HUB_REPO} ({type(e).__name__}: {e}). "

@@ -1,4 +1,4 @@
-"""FLOPs of every MAR row of the paper's Tables 1, 3 and 4, counted on CPU without weights (meta device).
+"""FLOPs of every row of the paper's Tables 1, 2 (LightGen), 3 and 4, counted on CPU without weights (meta device).
 
     python scripts/flops.py                       # all rows -> results/flops/, results/runs/flops/
     python scripts/flops.py --models mar_b --only step16
@@ -8,7 +8,11 @@ set beside the paper's number: `flops_paper_convention_T` is the comparable one 
 timesteps clipped at 950, VAE excluded: REFERENCE.md sections 2 and 4b), `flops_T` the exact count of
 the method as configured. Nothing is fitted: a gap is a finding.
 
-Keys follow configs/experiment/table1/*.yaml and table3/4.yaml, so these records join the sampling
+Table 2 has no FLOPs column in the paper (its speed is a GPU latency ratio): its rows (LightGen at 512 px,
+cfg 4.0 constant, 50 diffusion steps, T5 and VAE excluded) get their FLOPs ratio to "LightGen, 32" set
+beside the paper's speed, in a section of their own.
+
+Keys follow configs/experiment/table1/*.yaml and table2/3/4.yaml, so these records join the sampling
 runs: `mar_x/step16/disa` is DiSA at 24 AR steps and `mar_x/step8/disa` at 16 (what the paper's FLOPs
 imply), `mar_x/step16/gtr` is GtR at 20 steps (16, 3, 1) with cosine counts and `mar_x/step8/gtr` at
 9 steps (6, 2, 1) with the 950 clip (REFERENCE 4b). Rows the paper lacks get keys of their own
@@ -35,6 +39,7 @@ from gtr.method import ConstantSteps, CosineCounts, Method, RandomOrder, mar  # 
 
 MODELS = {"mar_b": ("mar_base", "MAR-B"), "mar_l": ("mar_large", "MAR-L"), "mar_h": ("mar_huge", "MAR-H")}
 MAR_CFG = {"mar_base": 2.9, "mar_large": 3.0, "mar_huge": 3.2}  # MAR README (guidance does not change FLOPs)
+LIGHTGEN = ("lightgen", "LightGen")  # Table 2: cfg 4.0 constant (configs/model/lightgen.yaml)
 
 # REFERENCE.md's own counts: section 2 (official code, exact, VAE excluded: compare with flops_T), 4b
 # (DiSA: clip 950 is its own setting, so exact = paper convention; LazyMAR: exact counts; GtR as stated).
@@ -150,6 +155,37 @@ def table4_rows():
                                           ("high_freq", "+High-Freq. (FTS)", "gtr", "high"))]
 
 
+LIGHTGEN_GTR = dict(stages=4, rates=(16, 42.6, 85.3, 256))  # configs/method/gtr_lightgen.yaml (paper 4.1)
+
+
+def table2_rows():
+    """Table 2 (LightGen, 512 px, cfg 4.0 constant, 50 diffusion steps) as configs/experiment/table2/. The
+    paper gives no FLOPs for it, only a speed (a GPU latency ratio): the markdown sets our FLOPs ratio
+    beside it."""
+    from baselines.lazymar import lazymar
+    rows = [row(2, "lightgen/32/lightgen", "lightgen/32/lightgen", "LightGen, 32",
+                dict(method="mar", num_iter=32, diffusion_steps=50), lambda: mar(32, 50), group="Step=32")]
+    for n in (16, 12):
+        gtr_cfg = dict(LIGHTGEN_GTR) if n == 16 else dict(stages=4, steps=(6, 2, 2, 2))
+        rows += [
+            row(2, f"lightgen/step{n}/lightgen", f"lightgen/step{n}/lightgen", f"+Step={n}",
+                dict(method="mar", num_iter=n, diffusion_steps=50), lambda n=n: mar(n, 50), group=f"Step={n}"),
+            row(2, f"lightgen/step{n}/lazymar", f"lightgen/step{n}/lazymar", f"+LazyMAR ({n} AR steps)",
+                dict(method="lazymar", num_iter=n, diffusion_steps=50), lambda n=n: lazymar(n, 50),
+                group=f"Step={n}"),
+            row(2, f"lightgen/step{n}/gtr", f"lightgen/step{n}/gtr",
+                "+GtR K=4 " + ("(8,3,3,2) paper rates" if n == 16 else "(6,2,2,2)"),
+                dict(method="gtr_lightgen", **gtr_cfg), lambda c=gtr_cfg: gtr(**c), group=f"Step={n}"),
+        ]
+    return rows
+
+
+def paper_speeds(table=2):
+    """{key: speed} of a paper table (Table 2's is a GPU latency ratio)."""
+    with open(ROOT / "results" / "paper" / f"table{table}.csv", newline="") as f:
+        return {r["key"]: float(r["speed"]) for r in csv.DictReader(f) if r.get("speed")}
+
+
 def paper_values():
     """{key: FLOPs} from results/paper/table{1,3,4}.csv (the paper's numbers as printed)."""
     values = {}
@@ -203,13 +239,28 @@ def write_markdown(path, results, command):
             fmt(r["flops_paper_convention_T"]), fmt(r["paper_flops_T"], 2), fmt(r["gap_T"]),
             fmt(r["gap_pct"], "pct"), fmt(r["exact_gap_pct"], "pct"), ref, fmt(r["encdec_T"]), fmt(r["head_T"]),
             fmt(r["head_paper_convention_T"]), fmt(r["vae_T"])]) + " |")
+    table2 = [r for r in results if r["table"] == 2]
+    if table2:
+        speeds = paper_speeds(2)
+        base = next((r["flops_T"] for r in table2 if r["key"] == "lightgen/32/lightgen"), None)
+        lines += ["", "## Table 2 (LightGen 512 px): FLOPs beside the paper's speed", "",
+                  "The paper prints no FLOPs for Table 2; its `speed` is a GPU latency ratio against \"LightGen, 32\". "
+                  "Ours: exact FLOPs per image (cfg 4.0 constant, 50 diffusion steps, SD3.5 VAE and T5-XXL excluded) "
+                  "and their ratio to our LightGen 32 row: a FLOPs ratio, not a latency ratio.", "",
+                  "| key | method | exact T | enc+dec+text T | head T | FLOPs ratio (ours) | paper speed (latency) |",
+                  "|---|---|---|---|---|---|---|"]
+        for r in table2:
+            ratio = "–" if base is None else f"{base / r['flops_T']:.2f}"
+            paper = speeds.get(r["key"])
+            lines.append(f"| {r['key']} | {r['method']} | {fmt(r['flops_T'])} | {fmt(r['encdec_T'])} | "
+                         f"{fmt(r['head_T'])} | {ratio} | {'–' if paper is None else f'{paper:.2f}'} |")
     path.write_text("\n".join(lines) + "\n")
 
 
 def main(argv=None):
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--models", default="mar_b,mar_l,mar_h", help="comma list of mar_b, mar_l, mar_h")
-    parser.add_argument("--tables", default="1,3,4", help="comma list of tables (1, 3, 4)")
+    parser.add_argument("--tables", default="1,2,3,4", help="comma list of tables (1, 2, 3, 4)")
     parser.add_argument("--only", default="", help="keep rows whose key contains this text")
     parser.add_argument("--out", default=str(ROOT / "results" / "flops"), help="folder for flops.csv / flops.md")
     parser.add_argument("--runs", default=str(ROOT / "results" / "runs" / "flops"), help="folder for run records")
@@ -230,6 +281,8 @@ def main(argv=None):
         jobs += [("mar_h", r) for r in table3_rows()]
     if 4 in tables and "mar_h" in models:
         jobs += [("mar_h", r) for r in table4_rows()]
+    if 2 in tables:
+        jobs += [("lightgen", r) for r in table2_rows()]
     jobs = [(m, r) for m, r in jobs if args.only in r["key"]]
 
     paper = paper_values()
@@ -238,9 +291,12 @@ def main(argv=None):
     runs.mkdir(parents=True, exist_ok=True)
     commit, results, start = git_commit(), [], time.time()
     for m, r in jobs:
-        name, label = MODELS[m]
+        name, label = LIGHTGEN if m == "lightgen" else MODELS[m]
         t0 = time.time()
-        counted = count_flops(name, r["build"](), cfg=MAR_CFG[name], clip_timesteps=r["clip"])
+        if m == "lightgen":  # no VAE count (SD3.5's is not KL-16); 50 diffusion steps, no clip
+            counted = count_flops(name, r["build"](), cfg=4.0, cfg_schedule="constant", include_vae=False)
+        else:
+            counted = count_flops(name, r["build"](), cfg=MAR_CFG[name], clip_timesteps=r["clip"])
         p = paper.get(r["compare_with"])
         conv, exact = counted["flops_paper_convention_T"], counted["flops_T"]
         ref = REFERENCE_T.get(r["key"], (None, ""))

@@ -49,7 +49,7 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))  # run from a checkout, uninstalled
 
 from gtr.build import (ConfigError, build_method, build_model, decoder, image_settings,  # noqa: E402
-                       is_prompt_eval, num_images, settings_hash, text_conditions)
+                       is_prompt_eval, num_images, prompt_file, settings_hash, text_conditions)
 from gtr.sampler import image_generator, sample  # noqa: E402
 
 DTYPES = {"fp32": None, "bf16": torch.bfloat16, "fp16": torch.float16}
@@ -310,17 +310,19 @@ def assemble(cfg, out, num_shards, n, labels):
 
 def run(cfg):
     rank, world, device = setup(cfg)
+    text = is_prompt_eval(cfg.eval)
+    if text != (cfg.model.get("arch", "mar") == "lightgen"):  # checked before building a large model
+        raise ConfigError(f"model {cfg.model.key} is class-conditional; eval={cfg.eval.name} (prompts) needs a "
+                          "text-to-image model (model=lightgen)" if text else
+                          f"model {cfg.model.key} is text-to-image: choose a prompts eval set (eval=geneval "
+                          "eval.prompts=PATH, or eval=prompts eval.prompts=FILE.txt)")
+    if text:
+        prompt_file(cfg.eval)
     model = build_model(cfg.model, device, checkpoint=cfg.checkpoint)
     method = build_method(cfg.method, grid=(model.seq_h, model.seq_w))
     n, shard_size = num_images(cfg), int(cfg.shard_size)
-    if is_prompt_eval(cfg.eval):  # text-to-image: "labels" are prompt indices (image i: prompt i // per prompt)
-        if hasattr(model.config, "class_num"):
-            raise ConfigError(f"model {cfg.model.key} is class-conditional; eval={cfg.eval.name} (prompts) needs a "
-                              "text-to-image model (model=lightgen)")
+    if text:  # text-to-image: "labels" are prompt indices (image i: prompt i // samples per prompt)
         labels, condition = text_conditions(cfg, model, device)
-    elif not hasattr(model.config, "class_num"):
-        raise ConfigError(f"model {cfg.model.key} is text-to-image: choose a prompts eval set (eval=geneval "
-                          "eval.prompts=PATH, or eval=prompts eval.prompts=FILE.txt)")
     else:
         labels = make_labels(n, model.config.class_num, cfg.eval.get("balanced", False), cfg.labels, cfg.eval.name)
         condition = torch.as_tensor
