@@ -45,7 +45,7 @@ tables: $(STAMP)  ## paper tables with our runs and deltas -> results/table*.md,
 	$(PY) scripts/tables.py --runs results/runs --out results
 
 reproduce-table1 reproduce-table2 reproduce-table3 reproduce-table4 reproduce-table5: $(STAMP)  ## on a GPU box; checks first what is missing
-	$(PY) scripts/reproduce.py --table $(@:reproduce-table%=%)
+	$(PY) scripts/reproduce.py --table $(@:reproduce-table%=%) $(ARGS)
 
 verify-official:  ## compare with the official MAR code: make verify-official OFFICIAL=path/to/LTH14-mar
 	$(PY) -m pip install -q timm
