@@ -29,19 +29,10 @@ from gtr.checkpoints import load_mar  # noqa: E402
 from gtr.method import mar  # noqa: E402
 from gtr.models.lightgen import build_lightgen  # noqa: E402
 from gtr.sampler import sample  # noqa: E402
-from scripts.verify_official import Recorder, check, perturb  # noqa: E402
+from scripts.verify_official import Recorder, check, import_official, perturb  # noqa: E402
 
 SMALL = dict(width=32, depth=2, num_heads=2, text_depth=2, caption_channels=24, max_length=6, pos_grid=16,
              diffloss_d=2, diffloss_w=48)
-
-
-def import_official(path):
-    if not os.path.isfile(os.path.join(path, "models", "fluid_arbitrary.py")):
-        sys.exit(f"{path} is not a XianfengWu01/LightGen checkout (models/fluid_arbitrary.py missing)")
-    torch.Tensor.cuda = lambda self, *a, **k: self  # the official code calls .cuda() everywhere
-    sys.path.insert(0, path)
-    import models.fluid_arbitrary as official  # noqa: E402
-    return official
 
 
 def official_small(official, steps="100"):
@@ -179,7 +170,7 @@ def main():
     p.add_argument("--tol", type=float, default=1e-5)
     p.add_argument("--write-keys", help="write the released model's name/shape listing here")
     args = p.parse_args()
-    official = import_official(os.path.abspath(args.official))
+    official = import_official(os.path.abspath(args.official), "models.fluid_arbitrary", "XianfengWu01/LightGen")
     failures = []
     compare_keys(official, failures, args.write_keys)
     with tempfile.TemporaryDirectory() as tmp:

@@ -16,6 +16,7 @@ Prints one line per check and exits non-zero if any fails.
 """
 import argparse
 import functools
+import importlib
 import os
 import sys
 import tempfile
@@ -33,13 +34,13 @@ SIZES = {"mar_base": "mar_base", "mar_large": "mar_large", "mar_huge": "mar_huge
 HEAD = {"mar_base": (6, 1024), "mar_large": (8, 1280), "mar_huge": (12, 1536)}
 
 
-def import_official(path):
-    if not os.path.isfile(os.path.join(path, "models", "mar.py")):
-        sys.exit(f"{path} is not a LTH14/mar checkout (models/mar.py missing)")
+def import_official(path, module="models.mar", repo="LTH14/mar"):
+    """The official `module` imported from the checkout at `path` (its CUDA calls made no-ops)."""
+    if not os.path.isfile(os.path.join(path, *module.split(".")) + ".py"):
+        sys.exit(f"{path} is not a {repo} checkout ({module.replace('.', '/')}.py missing)")
     torch.Tensor.cuda = lambda self, *a, **k: self  # the official code calls .cuda() everywhere
     sys.path.insert(0, path)
-    import models.mar as official_mar  # noqa: E402
-    return official_mar
+    return importlib.import_module(module)
 
 
 def perturb(model, generator, scale=0.02):

@@ -29,7 +29,7 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from gtr.models.mar import Block, DiffLoss, Mlp
+from gtr.models.mar import MAR, Block, DiffLoss, Mlp
 
 
 @dataclass
@@ -197,20 +197,9 @@ class LightGen(nn.Module):
                 nn.init.ones_(m.weight)
                 nn.init.zeros_(m.bias)
 
-    # ---- tokens <-> latents (same layout as MAR) ----
-    def patchify(self, latents):
-        """(B, C, H, W) latents -> (B, h*w, C*p*p) tokens, channel-major inside a token."""
-        b, ch, h, w = latents.shape
-        p = self.config.patch_size
-        x = latents.reshape(b, ch, h // p, p, w // p, p).permute(0, 2, 4, 1, 3, 5)
-        return x.reshape(b, (h // p) * (w // p), ch * p * p)
-
-    def unpatchify(self, tokens):
-        """(B, h*w, C*p*p) tokens -> (B, C, H, W) latents."""
-        b = tokens.shape[0]
-        p, ch = self.config.patch_size, self.config.vae_embed_dim
-        x = tokens.reshape(b, self.seq_h, self.seq_w, ch, p, p).permute(0, 3, 1, 4, 2, 5)
-        return x.reshape(b, ch, self.seq_h * p, self.seq_w * p)
+    # ---- tokens <-> latents: MAR's layout and code (they read config.patch_size / vae_embed_dim, seq_h / seq_w)
+    patchify = MAR.patchify
+    unpatchify = MAR.unpatchify
 
     def position(self, pos_embed, like):
         """A learned (1, g*g, D) embedding resized to this model's grid, in `like`'s dtype.
