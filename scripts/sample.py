@@ -8,11 +8,14 @@
     python scripts/sample.py method=gtr method/cache=lazymar                                # combine slots
     python scripts/sample.py experiment=table1                                              # a paper table
     python scripts/sample.py --cfg job                                                      # print the config
+    python scripts/sample.py model=lightgen eval=geneval checkpoint=PATH eval.prompts=P     # text-to-image
 
 Images: n images (eval.num_images or `n`); image i has label labels[i] (the eval protocol: class-major
 np.arange(classes).repeat(n // classes), MAR's; or spread over the classes when n is not a multiple)
 and is drawn from gtr.sampler.image_generator(seed, i), so it is the same whatever the batch size,
-number of processes or restarts.
+number of processes or restarts. Text-to-image (a prompts eval set: eval=geneval, eval=prompts): image i
+shows prompt i // eval.samples_per_prompt, its "label" is that prompt index, and the T5 states of the
+prompts are computed per batch (gtr/build.py text_conditions).
 
 Shards: images [s * shard_size, (s + 1) * shard_size) form shard s; with W processes (torchrun's RANK and
 WORLD_SIZE, or rank=/world_size=) rank r makes the shards s with s % W == r (strided, so ranks finish
