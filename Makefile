@@ -6,7 +6,7 @@ STAMP := $(VENV)/.installed
 FASHION := /usr/share/datasets/fashion-mnist/train-images-idx3-ubyte.gz
 TORCH := torch==2.14.1 torchvision==0.29.1
 
-.PHONY: help install data test demo train-tiny flops tables verify-official verify-lazymar verify-lightgen \
+.PHONY: help install data test demo train-tiny flops tables verify-official verify-baselines verify-lazymar verify-lightgen \
         reproduce-table1 reproduce-table2 reproduce-table3 reproduce-table4 reproduce-table5 clean
 
 help:  ## list the targets
@@ -50,6 +50,10 @@ reproduce-table1 reproduce-table2 reproduce-table3 reproduce-table4 reproduce-ta
 verify-official:  ## compare with the official MAR code: make verify-official OFFICIAL=path/to/LTH14-mar
 	$(PY) -m pip install -q timm
 	$(PY) scripts/verify_official.py --official $(OFFICIAL)
+
+verify-baselines:  ## Halton and DiSA vs their official code: make verify-baselines HALTON=path DISA=path
+	$(PY) -m pip install -q timm
+	$(PY) scripts/verify_baselines.py --halton $(HALTON) --disa $(DISA)
 
 verify-lazymar:  ## compare LazyMAR with the official code: make verify-lazymar OFFICIAL=path/to/LazyMAR
 	$(PY) -m pip install -q timm
