@@ -83,7 +83,8 @@ def read_state_dict(path, weights="model_ema", trusted=False):
             with torch.serialization.safe_globals([argparse.Namespace]):
                 state = torch.load(path, map_location="cpu", weights_only=not trusted)
     except Exception as e:
-        raise CheckpointError(f"cannot read checkpoint {path}: {type(e).__name__}: {e}. "
+        reason = (str(e).strip().splitlines() or [""])[0][:200]  # torch.load's messages run to many lines
+        raise CheckpointError(f"cannot read checkpoint {path}: {type(e).__name__}: {reason}. "
                               "The file is damaged, truncated or not a checkpoint.") from None
     if not isinstance(state, dict):
         raise CheckpointError(f"{path} holds a {type(state).__name__}, not a state dict")

@@ -52,7 +52,8 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))  # run from a checkout, uninstalled
 
 from gtr.build import (ConfigError, build_method, build_model, decoder, image_settings,  # noqa: E402
-                       is_prompt_eval, num_images, prompt_file, settings_hash, text_conditions)
+                       is_prompt_eval, num_images, prompt_file, read_prompt_texts, settings_hash,
+                       text_conditions)
 from gtr.sampler import image_generator, sample  # noqa: E402
 
 DTYPES = {"fp32": None, "bf16": torch.bfloat16, "fp16": torch.float16}
@@ -320,7 +321,7 @@ def run(cfg):
                           f"model {cfg.model.key} is text-to-image: choose a prompts eval set (eval=geneval "
                           "eval.prompts=PATH, or eval=prompts eval.prompts=FILE.txt)")
     if text:
-        prompt_file(cfg.eval)
+        read_prompt_texts(prompt_file(cfg.eval))  # a missing or malformed prompts file fails here
     model = build_model(cfg.model, device, checkpoint=cfg.checkpoint)
     method = build_method(cfg.method, grid=(model.seq_h, model.seq_w))
     n, shard_size = num_images(cfg), int(cfg.shard_size)
