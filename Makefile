@@ -6,7 +6,7 @@ STAMP := $(VENV)/.installed
 FASHION := /usr/share/datasets/fashion-mnist/train-images-idx3-ubyte.gz
 TORCH := torch==2.14.1 torchvision==0.29.1
 
-.PHONY: help install data test demo train-tiny flops tables verify-official verify-baselines verify-lazymar verify-lightgen \
+.PHONY: help install data test demo train-tiny flops latency-cpu tables verify-official verify-baselines verify-lazymar verify-lightgen \
         reproduce-table1 reproduce-table2 reproduce-table3 reproduce-table4 reproduce-table5 clean
 
 help:  ## list the targets
@@ -40,6 +40,9 @@ demo: $(STAMP) data  ## the tiny world end to end on CPU: sample every method, s
 
 flops: $(STAMP)  ## FLOPs of every row of Tables 1-4 (LightGen's Table 2 too), beside the paper's (CPU, no weights)
 	$(PY) scripts/flops.py
+
+latency-cpu: $(STAMP)  ## CPU latency of Table 1's rows on this machine, random weights: make latency-cpu MODELS=mar_b
+	$(PY) scripts/latency.py --models $(or $(MODELS),mar_b)
 
 tables: $(STAMP)  ## paper tables with our runs and deltas -> results/table*.md, fid_vs_flops.png
 	$(PY) scripts/tables.py --runs results/runs --out results

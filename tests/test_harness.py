@@ -112,3 +112,24 @@ def test_evaluate_scores_a_tiny_run(tmp_path):
     assert done.value.code == 0
     saved = json.loads((records / "tabledemo" / "tiny__gtr_test.json").read_text())
     assert saved["fid"] == pytest.approx(record["fid"])
+
+
+def test_cpu_latency_script_writes_joinable_records_and_resumes(tmp_path, monkeypatch, capsys):
+    """scripts/latency.py on a small MAR standing in for MAR-B: one record per row in eval/tables.py's
+    schema with latency_cpu_s; a second run skips the rows already measured."""
+    from eval.tables import validate_record
+    latency = load_script("latency")
+    monkeypatch.setattr(latency, "MODELS", {"mar_t": ("mar_test", "MAR-T")})
+    monkeypatch.setattr(latency, "MAR_CFG", {"mar_test": 2.0})
+    args = ["--models", "mar_t", "--only", "step8/mar,step8/halton", "--threads", "1", "--runs", str(tmp_path)]
+    assert latency.main(args) == 0
+    records = sorted(tmp_path.glob("*.json"))
+    assert [p.name for p in records] == ["mar_t__step8__halton.json", "mar_t__step8__mar.json"]
+    for path in records:
+        record = validate_record(json.loads(path.read_text()), str(path))
+        assert record["latency_cpu_s"] > 0 and record["table"] == 1 and record["batch_size"] == 1
+    before = [p.stat().st_mtime_ns for p in records]
+    capsys.readouterr()
+    assert latency.main(args) == 0
+    assert "2 rows, 2 already measured" in capsys.readouterr().out
+    assert [p.stat().st_mtime_ns for p in records] == before
