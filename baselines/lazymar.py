@@ -46,6 +46,7 @@ import torch.nn.functional as F
 
 from gtr.method import ConstantSteps, CosineCounts, Method, RandomOrder
 from gtr.models.mar import modulate
+from gtr.sampler import put, take
 
 # Decoder keep ratio per AR step (fact: feihongyan1/LazyMAR models/basic.py RETAIN_RATIO_SCHEDULE).
 RETAIN_RATIOS = (1.0,) * 20 + (0.6,) + (0.5,) * 4 + (0.4,) * 5 + (0.15,) * 5 + (0.12,) * 5 + (0.05,) * 24
@@ -98,16 +99,6 @@ def _attend(block, q, k, v):
     b, heads, n, hd = q.shape
     x = F.scaled_dot_product_attention(q, k, v)
     return block.attn.proj(x.transpose(1, 2).reshape(b, n, heads * hd))
-
-
-def _take(x, index):
-    """x (B, N, D) at positions index (B, n) -> (B, n, D)."""
-    return torch.gather(x, 1, index[..., None].expand(-1, -1, x.shape[-1]))
-
-
-def _put(x, index, values):
-    """x (B, N, D) with values (B, n, D) written at positions index (B, n) (a new tensor)."""
-    return x.scatter(1, index[..., None].expand(-1, -1, x.shape[-1]), values.to(x.dtype))
 
 
 def _heads_index(index, like):
@@ -218,7 +209,7 @@ class LazyMAR:
     # ---- full steps: plain MAR, keeping what lazy steps reuse ----
     def _full(self, model, tokens, known, class_emb, rows, cfg_cache):
         keep = _seq_index(model, known)
-        x = _take(model.encoder_input(tokens, class_emb), keep)
+        x = take(model.encoder_input(tokens, class_emb), keep)
         if self.encoder_cache:
             self._enc_k, self._enc_v = [], []
         for block in model.encoder_blocks:
@@ -265,7 +256,7 @@ class LazyMAR:
         if self.encoder_cache:
             x = self._lazy_encoder(model, tokens[:rows], class_emb[:rows], keep, rows)
         else:
-            x = _take(model.encoder_input(tokens[:rows], class_emb[:rows]), keep)
+            x = take(model.encoder_input(tokens[:rows], class_emb[:rows]), keep)
             for block in model.encoder_blocks:
                 q, k, v = _qkv(block, block.norm1(x))
                 x = x + _attend(block, q, k, v)
@@ -278,7 +269,7 @@ class LazyMAR:
         (fact: feihongyan1/LazyMAR basic.py EncoderAttention: lazy steps write the new tokens' and the
         buffer's K/V into the cache and attend over all cached K/V); returns the updated decoder input."""
         new = _seq_index(model, _double(self._prev_predict, rows))
-        x = _take(model.encoder_input(tokens, class_emb), new)
+        x = take(model.encoder_input(tokens, class_emb), new)
         for layer, block in enumerate(model.encoder_blocks):
             q, k, v = _qkv(block, block.norm1(x))
             self._enc_k[layer] = self._enc_k[layer].scatter(2, _heads_index(new, k), k)
@@ -290,8 +281,8 @@ class LazyMAR:
         # Only the buffer and the new rows of the decoder input change (fact: feihongyan1/LazyMAR
         # mar_cache.py: torch.where(prev_mask_to_pred_with_buffer, x, cache['encoder_output'])).
         x = model.decoder_embed(model.encoder_norm(x))
-        fresh = x + _take(model.decoder_pos(x).expand(rows, -1, -1), new)
-        self._dec_in = _put(self._dec_in, new, fresh)
+        fresh = x + take(model.decoder_pos(x).expand(rows, -1, -1), new)
+        self._dec_in = put(self._dec_in, new, fresh)
         return self._dec_in
 
     def _lazy_decoder(self, model, x, step, rows):
@@ -306,7 +297,7 @@ class LazyMAR:
                 if self.decoder_pruning and i == self.prune_layer:
                     chosen = self._select(model, v, step, rows)
                     self._v_prev = v
-                    x = _take(x, chosen)
+                    x = take(x, chosen)
             else:
                 index = _heads_index(chosen, k)
                 self._dec_k[i] = self._dec_k[i].scatter(2, index, k)
@@ -314,7 +305,7 @@ class LazyMAR:
                 x = x + _attend(block, q, self._dec_k[i], self._dec_v[i])
             x = x + block.mlp(block.norm2(x))
         if chosen is not None:
-            x = _put(self._hidden, chosen, x)
+            x = put(self._hidden, chosen, x)
             self._hidden = x
         return x
 

@@ -143,6 +143,11 @@ def local_or_hub(path, name, what):
     return resolve(path, name)
 
 
+def _plain_dict(node):
+    """A config node of field overrides as a plain dict ({} when unset)."""
+    return OmegaConf.to_container(node, resolve=True) if isinstance(node, DictConfig) else {}
+
+
 ARCHITECTURES = {"mar": build_mar, "lightgen": build_lightgen}  # model.arch -> builder(name, **overrides)
 
 
@@ -153,8 +158,7 @@ def build_model(cfg_model, device="cpu", checkpoint=None):
     null (gtr.checkpoints.resolve); `random_init: true` skips loading and gives a seeded random model
     (the same on every run, so smoke runs resume and compare).
     """
-    overrides = cfg_model.get("overrides")
-    overrides = OmegaConf.to_container(overrides, resolve=True) if isinstance(overrides, DictConfig) else {}
+    overrides = _plain_dict(cfg_model.get("overrides"))
     arch = cfg_model.get("arch", "mar")
     if arch not in ARCHITECTURES:
         raise ConfigError(f"model.arch must be one of {sorted(ARCHITECTURES)}, got {arch!r}")
@@ -218,6 +222,31 @@ def decoder(cfg_model, model, device="cpu"):
     return decode_vae
 
 
+def _sd_vae_decoder(cfg_model, model, device):
+    """LightGen's decoder: SD3.5's VAE (model.vae_checkpoint: a local SD3.5 folder or its vae/ folder;
+    null: the hub repo, which is gated). random_init: the SD3.5 architecture with random weights
+    (model.vae_overrides may shrink it for tests)."""
+    from gtr.models import t2i
+    if cfg_model.random_init:
+        from diffusers import AutoencoderKL as DiffusersVAE
+        overrides = _plain_dict(cfg_model.get("vae_overrides"))
+        with torch.random.fork_rng(devices=[]):
+            torch.manual_seed(0)
+            vae = DiffusersVAE(**{**t2i.SD35_VAE_CONFIG, **overrides})
+    else:
+        try:
+            vae = t2i.load_sd_vae(cfg_model.get("vae_checkpoint") or t2i.SD35_HUB_ID, device="cpu",
+                                  latent_channels=model.config.vae_embed_dim)
+        except CheckpointError as e:
+            raise ConfigError(f"SD3.5 VAE: {e}. Or model.random_init=true for a smoke run with random weights.") from None
+    vae = vae.to(device).eval()
+
+    @torch.no_grad()
+    def decode_sd(tokens):
+        return t2i.decode_latents(vae, model.unpatchify(tokens).float())
+    return decode_sd
+
+
 # ---------------------------------------------------------------- run identity
 def image_settings(cfg):
     """Every setting of a sample.yaml config that changes the images, as plain data.
@@ -236,10 +265,10 @@ def image_settings(cfg):
         model.pop("vae_checkpoint", None)
     method = {k: v for k, v in plain(cfg.method).items() if k != "tag"}
     try:
-        n = num_images(cfg)
-        if is_prompt_eval(cfg.eval):  # text-to-image: the prompts themselves (not the file's path) make the images
-            model["prompts_sha1"] = hashlib.sha1(
-                json.dumps(read_prompt_texts(prompt_file(cfg.eval))).encode()).hexdigest()
+        texts = read_prompt_texts(prompt_file(cfg.eval)) if is_prompt_eval(cfg.eval) else None
+        n = num_images(cfg, texts)
+        if texts is not None:  # text-to-image: the prompts themselves (not the file's path) make the images
+            model["prompts_sha1"] = hashlib.sha1(json.dumps(texts).encode()).hexdigest()
             model["samples_per_prompt"] = int(cfg.eval.samples_per_prompt)
     except ConfigError:  # no prompts file: resolving the run folder's name must not fail; the run refuses
         n = None
@@ -248,13 +277,15 @@ def image_settings(cfg):
             "cfg_schedule": cfg.cfg_schedule, "temperature": cfg.temperature, "dtype": cfg.dtype, "tf32": cfg.tf32}
 
 
-def num_images(cfg):
+def num_images(cfg, texts=None):
     """The `n` alias, else the eval set's size (a prompts eval set without num_images: prompts x
-    samples_per_prompt)."""
+    samples_per_prompt; `texts`: its prompts when already read)."""
     if cfg.get("n") is not None:
         return int(cfg.n)
     if cfg.eval.get("num_images") is None and is_prompt_eval(cfg.eval):
-        return len(read_prompt_texts(prompt_file(cfg.eval))) * int(cfg.eval.get("samples_per_prompt", 1))
+        if texts is None:
+            texts = read_prompt_texts(prompt_file(cfg.eval))
+        return len(texts) * int(cfg.eval.samples_per_prompt)
     return int(cfg.eval.num_images)
 
 
@@ -271,32 +302,6 @@ def _hash_resolver(*, _root_):
 # `${gtr_hash:}` in configs/sample.yaml's run_name; registered on import (scripts import this module).
 if not OmegaConf.has_resolver("gtr_hash"):
     OmegaConf.register_new_resolver("gtr_hash", _hash_resolver)
-
-
-def _sd_vae_decoder(cfg_model, model, device):
-    """LightGen's decoder: SD3.5's VAE (model.vae_checkpoint: a local SD3.5 folder or its vae/ folder;
-    null: the hub repo, which is gated). random_init: the SD3.5 architecture with random weights
-    (model.vae_overrides may shrink it for tests)."""
-    from gtr.models import t2i
-    if cfg_model.random_init:
-        from diffusers import AutoencoderKL as DiffusersVAE
-        overrides = cfg_model.get("vae_overrides")
-        overrides = OmegaConf.to_container(overrides, resolve=True) if isinstance(overrides, DictConfig) else {}
-        with torch.random.fork_rng(devices=[]):
-            torch.manual_seed(0)
-            vae = DiffusersVAE(**{**t2i.SD35_VAE_CONFIG, **overrides})
-    else:
-        try:
-            vae = t2i.load_sd_vae(cfg_model.get("vae_checkpoint") or t2i.SD35_HUB_ID, device="cpu",
-                                  latent_channels=model.config.vae_embed_dim)
-        except CheckpointError as e:
-            raise ConfigError(f"SD3.5 VAE: {e}. Or model.random_init=true for a smoke run with random weights.") from None
-    vae = vae.to(device).eval()
-
-    @torch.no_grad()
-    def decode_sd(tokens):
-        return t2i.decode_latents(vae, model.unpatchify(tokens).float())
-    return decode_sd
 
 
 # ---------------------------------------------------------------- text conditions (LightGen)
@@ -340,8 +345,8 @@ def text_conditions(cfg, model, device):
     google/flan-t5-xxl). With random_init and no text encoder, each prompt gets random states seeded by
     its text (smoke runs: the images are noise either way)."""
     texts = read_prompt_texts(prompt_file(cfg.eval))
-    per_prompt = int(cfg.eval.get("samples_per_prompt", 1))
-    n = num_images(cfg)
+    per_prompt = int(cfg.eval.samples_per_prompt)
+    n = num_images(cfg, texts)
     prompt_ids = np.arange(n, dtype=np.int64) // per_prompt
     if prompt_ids.max() >= len(texts):
         raise ConfigError(f"{n} images at {per_prompt} per prompt need {prompt_ids.max() + 1} prompts; "

@@ -86,9 +86,9 @@ def sample(model, method, labels, generators, cfg=1.0, cfg_schedule="linear", te
     if orders.shape != (batch, seq_len) or (orders.sort(dim=1).values != torch.arange(seq_len)).any():
         raise ValueError(f"orders must be {batch} permutations of {seq_len} positions")
     guided = cfg != 1.0
-    class_emb = model.embed_condition(labels)
+    cond_emb = model.embed_condition(labels)
     if guided:
-        class_emb = torch.cat([class_emb, model.unconditional_embedding(batch).to(class_emb.dtype)])
+        cond_emb = torch.cat([cond_emb, model.unconditional_embedding(batch).to(cond_emb.dtype)])
     cache = method.cache or PlainModel()
     cache.start(model, batch, guided)
     noise_fn = noise_fn or (lambda k, shape: draw_noise(generators, shape, device))
@@ -101,9 +101,9 @@ def sample(model, method, labels, generators, cfg=1.0, cfg_schedule="linear", te
         step = Step(k, len(counts), counts, grid, known, predict, guided, generators)
         x_in = torch.cat([tokens, tokens]) if guided else tokens
         known_in = torch.cat([known, known]) if guided else known
-        z = cache.condition(model, x_in, known_in, class_emb, step)
-        z_cond = _take(z[:batch], predict)
-        z_uncond = _take(z[batch:], predict) if guided else None
+        z = cache.condition(model, x_in, known_in, cond_emb, step)
+        z_cond = take(z[:batch], predict)
+        z_uncond = take(z[batch:], predict) if guided else None
         groups = method.steps(step, z_cond) if n else []
         if groups:
             t_max = max(t for _, t in groups)
@@ -114,16 +114,21 @@ def sample(model, method, labels, generators, cfg=1.0, cfg_schedule="linear", te
             for index, t in groups:
                 new = _sample_group(head, new, index, t, z_cond, z_uncond, noise, scale, temperature,
                                     clip_timesteps)
-            tokens = tokens.scatter(1, predict[..., None].expand(-1, -1, channels), new.to(tokens.dtype))
+            tokens = put(tokens, predict, new)
         done += n
         if callback is not None:
             callback({"step": step, "z": z, "tokens": tokens})
     return tokens
 
 
-def _take(x, index):
+def take(x, index):
     """x (B, L, D) at positions index (B, n) -> (B, n, D)."""
     return torch.gather(x, 1, index[..., None].expand(-1, -1, x.shape[-1]))
+
+
+def put(x, index, values):
+    """x (B, L, D) with values (B, n, D) written at positions index (B, n) (a new tensor, x's dtype)."""
+    return x.scatter(1, index[..., None].expand(-1, -1, x.shape[-1]), values.to(x.dtype))
 
 
 def _sample_group(head, new, index, num_steps, z_cond, z_uncond, noise, cfg, temperature, clip_timesteps):
@@ -132,12 +137,12 @@ def _sample_group(head, new, index, num_steps, z_cond, z_uncond, noise, cfg, tem
     if index is None:
         zc, zu, nz = z_cond, z_uncond, noise
     else:
-        zc, nz = _take(z_cond, index), _take(noise.flatten(2), index).view(batch, -1, *noise.shape[2:])
-        zu = _take(z_uncond, index) if z_uncond is not None else None
+        zc, nz = take(z_cond, index), take(noise.flatten(2), index).view(batch, -1, *noise.shape[2:])
+        zu = take(z_uncond, index) if z_uncond is not None else None
     m = zc.shape[1]
     x = sample_head(head, zc.reshape(batch * m, -1), num_steps, nz[:, :, :1 + num_steps].reshape(batch * m, -1, channels),
                     uncond=None if zu is None else zu.reshape(batch * m, -1), cfg=cfg, temperature=temperature,
                     clip_timesteps=clip_timesteps).view(batch, m, channels)
     if index is None:
         return x.to(new.dtype)
-    return new.scatter(1, index[..., None].expand(-1, -1, channels), x.to(new.dtype))
+    return put(new, index, x)

@@ -30,14 +30,14 @@ def geneval_scores(run_dir, cfg, geneval):
     """GenEval of a prompt run: export, score in GenEval's environment (unless done), summarise."""
     from eval import geneval as ge
     from gtr.build import prompt_file
-    settings = {k: geneval.get(k) or cfg.eval.get(f"geneval_{k}" if k != "detector" else "detector")
-                for k in ("dir", "python", "detector")}
-    if not settings["dir"]:
-        raise ge.GenEvalError("no GenEval checkout: pass --geneval-dir (or set GENEVAL_DIR / eval.geneval_dir)")
+    # The command line's settings win over the run's eval config (run_evaluation names what is missing).
+    geneval_dir = geneval.get("dir") or cfg.eval.get("geneval_dir")
+    python = geneval.get("python") or cfg.eval.get("geneval_python") or "python"
+    detector = geneval.get("detector") or cfg.eval.get("detector")
     layout, results = run_dir / "geneval", run_dir / "geneval_results.jsonl"
     ge.export_layout(run_dir, ge.read_prompts(prompt_file(cfg.eval)), layout, int(cfg.eval.samples_per_prompt))
-    ge.run_evaluation(layout, results, settings["dir"], python=settings["python"] or "python",
-                      detector_path=settings["detector"], force=geneval.get("force", False))
+    ge.run_evaluation(layout, results, geneval_dir, python=python, detector_path=detector,
+                      force=geneval.get("force", False))
     return ge.summarize(results)
 
 

@@ -61,6 +61,7 @@ def main(argv=None):
     out.mkdir(parents=True, exist_ok=True)
     command = "python scripts/latency.py " + " ".join(sys.argv[1:] if argv is None else argv)
     device = f"cpu ({cpu_name()}, {torch.get_num_threads()} threads)"
+    commit = git_commit()
     for m in models:
         name, label = MODELS[m]
         rows = [r for r in table1_rows(m) if (not parts or any(p in r["key"] for p in parts))
@@ -78,7 +79,7 @@ def main(argv=None):
                                   cfg=MAR_CFG[name], clip_timesteps=r["clip"])
             record = dict(table=r["table"], key=r["key"], model=label, method=r["method"],
                           config=dict(model=name, **r["config"]), latency_cpu_s=lat["seconds_per_image"],
-                          latency=lat, command=command, git_commit=git_commit(), torch_version=torch.__version__,
+                          latency=lat, command=command, git_commit=commit, torch_version=torch.__version__,
                           device=device, dtype="float32", batch_size=1, num_images=1,
                           weights="random (latency does not depend on them)", includes_vae_decode=False,
                           measured=time.strftime("%Y-%m-%dT%H:%M:%S"))

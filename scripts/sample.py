@@ -249,8 +249,6 @@ def check_meta(out, cfg, shard_size, device):
 
 def setup(cfg):
     """Check the plain settings and prepare the device: (rank, world, device)."""
-    if cfg.eval.get("unsupported"):
-        raise ConfigError(cfg.eval.unsupported)
     if cfg.dtype not in DTYPES:
         raise ConfigError(f"dtype must be one of {sorted(DTYPES)}, got {cfg.dtype!r}")
     if int(cfg.batch_size) < 1 or int(cfg.shard_size) < 1:

@@ -6,13 +6,13 @@ Written for gtr-bench; the parameter names and shapes are those of the official 
 The model exposes a small seam for samplers and caches, and knows nothing about sampling methods:
     embed_condition(labels)                       -> (B, D) class embedding (label -1: the unconditional one)
     unconditional_embedding(B)                    -> (B, D) the fake latent
-and, for caches that run the blocks themselves (baselines/lazymar.py), the pieces of condition():
-    buffer_size, encoder_input(tokens, cond), encoder_blocks, encoder_norm, decoder_input(encoded,
-    known), decoder_pos(like), decoder_embed, decoder_blocks, output(hidden, cond) -> z
     encode(tokens, known, class_emb)              -> encoder output on buffer + known tokens
     decode(encoded, known)                        -> z, conditioning vectors for every position
     condition(tokens, known, class_emb)           -> decode(encode(...))
     head(x, t, z)                                 -> (eps, variance values) of the diffusion head
+and, for caches that run the blocks themselves (baselines/lazymar.py), the pieces of condition():
+    buffer_size, encoder_input(tokens, cond), encoder_blocks, encoder_norm, decoder_input(encoded,
+    known), decoder_pos(like), decoder_embed, decoder_blocks, output(hidden, cond) -> z
 `known` is a (B, n) long tensor of the positions already generated, ascending, the same n for the
 whole batch. Positions index the h x w token grid in raster order.
 """
