@@ -12,6 +12,7 @@ import hashlib
 import json
 import logging
 import os
+import subprocess
 from pathlib import Path
 
 import numpy as np
@@ -287,6 +288,19 @@ def num_images(cfg, texts=None):
             texts = read_prompt_texts(prompt_file(cfg.eval))
         return len(texts) * int(cfg.eval.samples_per_prompt)
     return int(cfg.eval.num_images)
+
+
+def git_commit():
+    """The checked-out commit of this project, "+dirty" when tracked files changed; "unknown" outside git.
+    Recorded in every run record (scripts/sample.py, flops.py, latency.py, demo.py)."""
+    try:
+        head = subprocess.run(["git", "-C", str(ROOT), "rev-parse", "HEAD"], capture_output=True, text=True,
+                              timeout=10).stdout.strip()
+        dirty = subprocess.run(["git", "-C", str(ROOT), "status", "--porcelain", "--untracked-files=no"],
+                               capture_output=True, text=True, timeout=10).stdout.strip()
+        return (head + ("+dirty" if dirty else "")) or "unknown"
+    except (OSError, subprocess.SubprocessError):
+        return "unknown"
 
 
 def settings_hash(cfg, length=8):

@@ -9,7 +9,6 @@ Three slot choices (see gtr/method.py):
 No official GtR code has been released: everything follows the paper's text, and every choice the
 text leaves open is a documented config value.
 """
-import math
 
 import torch
 

@@ -3,7 +3,6 @@
 A 28x28 image is padded to 32x32 with background, scaled to [-1, 1], and cut into an 8x8 grid of
 4x4 pixel patches: 64 tokens of 16 values, the same token width as MAR's KL-16 latents.
 """
-import torch
 import torch.nn.functional as F
 
 from gtr.data import load_fashion_mnist

@@ -16,7 +16,6 @@ import argparse
 import json
 import os
 import platform
-import subprocess
 import sys
 import time
 from pathlib import Path
@@ -26,7 +25,7 @@ import torch
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from gtr.build import build_method  # noqa: E402
+from gtr.build import build_method, git_commit  # noqa: E402
 from gtr.checkpoints import load_mar  # noqa: E402
 from gtr.models.mar import build_mar  # noqa: E402
 from gtr.sampler import image_generator, sample  # noqa: E402
@@ -69,14 +68,6 @@ def compose_method(name, overrides):
     with initialize_config_dir(str(ROOT / "configs"), version_base=None):
         cfg = compose("sample", overrides=["model=tiny", f"method={name}", *overrides])
     return cfg
-
-
-def git_commit():
-    try:
-        return subprocess.run(["git", "rev-parse", "HEAD"], cwd=ROOT, capture_output=True, text=True,
-                              check=True).stdout.strip()
-    except Exception:
-        return "unknown"
 
 
 def run_row(row, model, args, out):

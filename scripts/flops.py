@@ -23,7 +23,6 @@ paper's stated 24 + 6 + 2 steps (`step32/gtr`), LazyMAR at 64 steps, Table 3 at 
 import argparse
 import csv
 import json
-import subprocess
 import sys
 import time
 from pathlib import Path
@@ -34,6 +33,7 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))  # run from a checkout, uninstalled
 
 from eval.cost import count_flops  # noqa: E402
+from gtr.build import git_commit  # noqa: E402
 from gtr.gtr import StageSteps, gtr  # noqa: E402
 from gtr.method import ConstantSteps, CosineCounts, Method, RandomOrder, mar  # noqa: E402
 
@@ -206,15 +206,6 @@ def paper_values():
                 if r["flops_T"]:
                     values[r["key"]] = float(r["flops_T"])
     return values
-
-
-def git_commit():
-    try:
-        head = subprocess.run(["git", "rev-parse", "HEAD"], cwd=ROOT, capture_output=True, text=True, check=True)
-        dirty = subprocess.run(["git", "status", "--porcelain"], cwd=ROOT, capture_output=True, text=True)
-        return head.stdout.strip() + ("+dirty" if dirty.stdout.strip() else "")
-    except (OSError, subprocess.CalledProcessError):
-        return "unknown"
 
 
 COLUMNS = ["table", "key", "compare_with", "model", "method", "config", "flops_T", "flops_paper_convention_T",

@@ -28,7 +28,8 @@ sys.path.insert(0, str(ROOT))
 from eval.cost import measure_latency  # noqa: E402
 from gtr.method import mar  # noqa: E402
 from gtr.models.mar import build_mar  # noqa: E402
-from scripts.flops import MAR_CFG, MODELS, git_commit, table1_rows  # noqa: E402
+from gtr.build import git_commit  # noqa: E402
+from scripts.flops import MAR_CFG, MODELS, table1_rows  # noqa: E402
 
 
 def cpu_name():

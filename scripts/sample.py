@@ -33,7 +33,6 @@ import json
 import math
 import os
 import platform
-import subprocess
 import sys
 import time
 import zipfile
@@ -51,7 +50,7 @@ from tqdm import tqdm
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))  # run from a checkout, uninstalled
 
-from gtr.build import (ConfigError, build_method, build_model, decoder, image_settings,  # noqa: E402
+from gtr.build import (ConfigError, build_method, build_model, decoder, git_commit, image_settings,  # noqa: E402
                        is_prompt_eval, num_images, prompt_file, read_prompt_texts, settings_hash,
                        text_conditions)
 from gtr.sampler import image_generator, sample  # noqa: E402
@@ -183,17 +182,6 @@ def save_grid(images, path, pad=2):
 
 
 # ---------------------------------------------------------------- provenance
-def git_commit():
-    try:
-        head = subprocess.run(["git", "-C", str(ROOT), "rev-parse", "HEAD"], capture_output=True, text=True,
-                              timeout=10).stdout.strip()
-        dirty = subprocess.run(["git", "-C", str(ROOT), "status", "--porcelain", "--untracked-files=no"],
-                               capture_output=True, text=True, timeout=10).stdout.strip()
-        return (head + ("+dirty" if dirty else "")) or "unknown"
-    except (OSError, subprocess.SubprocessError):
-        return "unknown"
-
-
 def device_name(device):
     if device.type == "cuda":
         return torch.cuda.get_device_name(device)

@@ -148,7 +148,6 @@ def test_one_step_diffusion_predicts_x0_from_noise():
 
 def test_head_sampling_with_exact_eps_recovers_data():
     """With the true eps for a single data point the sampler lands on it (many steps)."""
-    process = sampling_diffusion(50)
     x0 = torch.tensor([[0.5, -0.25, 0.1]])
     acp = torch.tensor(Diffusion().alphas_cumprod, dtype=torch.float64)
 

@@ -1,7 +1,6 @@
 """The tiny world: training a few steps, resuming, exporting, and the demo pipeline on a handful of images."""
 import importlib.util
 import json
-import sys
 from pathlib import Path
 
 import pytest
