@@ -13,6 +13,7 @@ from gtr.gtr import gtr
 from gtr.method import mar
 from gtr.models.lightgen import LightGen, build_lightgen
 from gtr.sampler import image_generator, sample
+from helpers import assert_close_to_scale
 
 torch.set_num_threads(1)
 DATA = os.path.join(os.path.dirname(__file__), "data")
@@ -95,7 +96,7 @@ def test_sampler_runs_lightgen_reproducibly_at_any_batch_size(method):
     together = sample(model, method, states, [image_generator(0, i) for i in range(3)], **kw)
     assert together.shape == (3, model.seq_len, model.token_dim) and torch.isfinite(together).all()
     alone = torch.cat([sample(model, method, states[i:i + 1], [image_generator(0, i)], **kw) for i in range(3)])
-    assert torch.allclose(together, alone, atol=1e-5)
+    assert_close_to_scale(alone, together)  # batched vs alone: equal up to float rounding
     other_seed = sample(model, method, states[:1], [image_generator(1, 0)], **kw)
     assert not torch.allclose(other_seed, together[:1])
 
@@ -147,10 +148,12 @@ def test_lazymar_wraps_lightgen_unchanged(lazy_setup):
     assert torch.equal(run(lazymar(32, 6, **off)), mar0)
     # All steps full and every head step full: LazyMAR's own block code must compute the model's z.
     full = lazymar(5, 6, head_threshold=1)
-    assert torch.allclose(run(full), run(mar(5, 6)), atol=1e-5) and full.cache.trace == ["full"] * 5
+    assert_close_to_scale(run(full), run(mar(5, 6)))
+    assert full.cache.trace == ["full"] * 5
     # Keep ratio 1: the pruned decoder path recomputes every position (no buffer: 64 rows).
     keep_all = lazymar(32, 6, **{**off, "refresh": True, "decoder_pruning": True}, ratios=(1.0,))
-    assert torch.allclose(run(keep_all), mar0, atol=1e-4) and set(keep_all.cache.kept) == {64}
+    assert_close_to_scale(run(keep_all), mar0)
+    assert set(keep_all.cache.kept) == {64}
     # Everything on: lazy steps happen, positions are pruned, and the result stays near LightGen's.
     on = lazymar(32, 6)
     tokens = run(on)

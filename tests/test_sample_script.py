@@ -1,6 +1,8 @@
 """scripts/sample.py end to end on the tiny random model (CPU): outputs, resume after SIGKILL, batch-size and
 rank invariance, and clear refusals. Images of a random model saturate, so identity is also checked on
-the raw tokens each shard keeps (eval.save_tokens=true)."""
+the raw tokens each shard keeps (eval.save_tokens=true). What is promised (README): at the same batch size a
+run is bit for bit the same however it is sharded, ranked or resumed; another batch size changes only float
+rounding (tokens to ~1e-6 of their scale, uint8 pixels by at most 1 where a value sits on a rounding edge)."""
 import importlib.util
 import json
 import os
@@ -15,6 +17,8 @@ import pytest
 import torch
 from hydra.core.global_hydra import GlobalHydra
 from PIL import Image
+
+from helpers import assert_close_to_scale, assert_same_images
 
 torch.set_num_threads(1)
 
@@ -76,9 +80,9 @@ def tokens(folder):
 
 @pytest.fixture(scope="module")
 def reference(tmp_path_factory):
-    """One uninterrupted run, batch size 4: the images every other run must reproduce."""
+    """One uninterrupted run, batch size 1: the images every other run must reproduce."""
     out_root = tmp_path_factory.mktemp("reference")
-    run(out_root, "batch_size=4")
+    run(out_root, "batch_size=1")
     return run_dir(out_root)
 
 
@@ -93,7 +97,7 @@ def test_a_run_writes_pngs_grid_npz_and_run_json(reference):
     grid = Image.open(reference / "grid.png")
     assert grid.size == (3 * 34 + 2, 3 * 34 + 2)  # 8 images: 3 x 3 cells of 32 px + 2 px padding
     record = json.loads((reference / "run.json").read_text())
-    assert record["status"] == "done" and record["num_images"] == N and record["batch_size"] == 4
+    assert record["status"] == "done" and record["num_images"] == N and record["batch_size"] == 1
     assert record["dtype"] == "fp32" and record["device"].startswith("cpu") and record["torch_version"]
     assert record["git_commit"] and record["config"]["method"]["name"] == "mar"
     assert record["config"]["model"]["random_init"] is True
@@ -104,12 +108,13 @@ def test_a_run_writes_pngs_grid_npz_and_run_json(reference):
         record["settings_hash"])
 
 
-def test_batch_size_does_not_change_any_image(reference, tmp_path):
-    run(tmp_path, "batch_size=1")
+def test_batch_size_changes_only_float_rounding(reference, tmp_path):
+    run(tmp_path, "batch_size=4")
     other = run_dir(tmp_path)
     assert other.name == reference.name  # batch size is not part of the run's identity
-    assert np.array_equal(tokens(other), tokens(reference))
-    assert (other / "samples.npz").read_bytes() == (reference / "samples.npz").read_bytes()
+    assert_close_to_scale(tokens(other), tokens(reference))
+    with np.load(other / "samples.npz") as a, np.load(reference / "samples.npz") as b:
+        assert_same_images(a["arr_0"], b["arr_0"])
 
 
 def test_killed_run_resumes_to_the_same_images(reference, tmp_path, capsys):
@@ -135,12 +140,12 @@ def test_killed_run_resumes_to_the_same_images(reference, tmp_path, capsys):
 
 
 def test_two_ranks_make_the_same_set(reference, tmp_path, capsys):
-    run(tmp_path, "rank=1", "world_size=2")
+    run(tmp_path, "rank=1", "world_size=2", "batch_size=1")
     assert "rank 0 assembles" in capsys.readouterr().out
     folder = run_dir(tmp_path)
     assert not (folder / "samples.npz").exists()
     assert sorted(p.name for p in (folder / "shards").glob("shard_*.npz")) == ["shard_000001.npz", "shard_000003.npz"]
-    run(tmp_path, "rank=0", "world_size=2")
+    run(tmp_path, "rank=0", "world_size=2", "batch_size=1")
     assert (folder / "samples.npz").read_bytes() == (reference / "samples.npz").read_bytes()
 
 

@@ -7,6 +7,7 @@ import torch
 from gtr.method import CosineCounts, ConstantSteps, Method, RandomOrder, mar, mar_cosine_counts
 from gtr.models.mar import build_mar
 from gtr.sampler import cfg_scale, image_generator, sample
+from helpers import assert_close_to_scale
 
 torch.set_num_threads(1)
 
@@ -65,7 +66,7 @@ def test_deterministic_and_batch_size_independent(model):
     b = sample(model, mar(4, 5), labels, gens(4), cfg=2.5)
     assert torch.equal(a, b)
     parts = [sample(model, mar(4, 5), labels[i:i + 1], gens(1, start=i), cfg=2.5) for i in range(4)]
-    assert torch.allclose(torch.cat(parts), a, atol=1e-5)
+    assert_close_to_scale(torch.cat(parts), a)  # batch size changes kernels: float rounding only
     c = sample(model, mar(4, 5), labels, gens(4, seed=1), cfg=2.5)
     assert not torch.allclose(a, c)
 
