@@ -5,13 +5,16 @@ down to `lower`. Order and counts stay MAR's (fact: Qinyu-Allen-Zhao/DiSA MAR_Di
 sample_tokens calls diffloss.sample(..., step=step, ar_num_iter=num_iter), all else as in MAR).
 
 Its diffusion also caps every timestep at 950 (fact: MAR_DiSA/diffusion/__init__.py create_diffusion,
-clip_timesteps=950 by default, used by the 'DiSA' sampler). Clipping is a sampler argument here:
-pass `clip_timesteps=DISA_CLIP_TIMESTEPS` to gtr.sampler.sample to run DiSA as released.
+clip_timesteps=950 by default, used by the 'DiSA' sampler): DiSASteps owns that clip, as every steps
+slot owns its diffusion process (gtr.method.DiffusionSteps).
 The GtR paper's DiSA FLOPs match DiSA at 24 and 16 AR steps, not 16 and 8 (REFERENCE section 4b).
 """
+import logging
 import math
 
-from gtr.method import CosineCounts, Method, RandomOrder
+from gtr.method import CosineCounts, DiffusionSteps, Method, RandomOrder
+
+log = logging.getLogger("gtr")
 
 # fact: Qinyu-Allen-Zhao/DiSA MAR_DiSA/diffusion/__init__.py (create_diffusion default clip_timesteps=950)
 DISA_CLIP_TIMESTEPS = 950
@@ -55,12 +58,21 @@ def disa_steps(step, num_steps, upper=50, lower=5, strategy="linear"):
     return lower + int((math.cos(math.pi * step / last) + 1) / 2 * span)
 
 
-class DiSASteps:
-    """Steps slot: every token of AR step s gets disa_steps(s, S, upper, lower, strategy)."""
+class DiSASteps(DiffusionSteps):
+    """Steps slot: every token of AR step s gets disa_steps(s, S, upper, lower, strategy) steps of a
+    process whose timesteps are capped at `clip_timesteps` (DiSA's code: 950)."""
 
-    def __init__(self, upper=50, lower=5, strategy="linear"):
+    def __init__(self, upper=50, lower=5, strategy="linear", clip_timesteps=DISA_CLIP_TIMESTEPS):
+        super().__init__(clip_timesteps)
         disa_steps(0, 1, upper, lower, strategy)  # validate now, not at the first sample
         self.upper, self.lower, self.strategy = upper, lower, strategy
+
+    def check(self, method):
+        """A clip other than DiSA's is a variant of the released method: say so (gtr.build calls this)."""
+        if self.clip_timesteps != DISA_CLIP_TIMESTEPS:
+            log.warning("method %r uses DiSA steps with clip_timesteps=%s; DiSA's released code caps timesteps "
+                        "at %s (set method.clip_timesteps=%s to match it)", method.name, self.clip_timesteps,
+                        DISA_CLIP_TIMESTEPS, DISA_CLIP_TIMESTEPS)
 
     def schedule(self, num_steps):
         """Diffusion steps of each of `num_steps` AR steps."""
@@ -70,11 +82,8 @@ class DiSASteps:
         return [(None, disa_steps(step.index, step.num_steps, self.upper, self.lower, self.strategy))]
 
 
-def disa(num_iter=64, upper=50, lower=5, strategy="linear"):
-    """MAR with DiSA's annealed diffusion steps (README defaults: 64 AR steps, linear 50 -> 5).
-
-    Sample with clip_timesteps=DISA_CLIP_TIMESTEPS and cfg DISA_CFG[model] to match the release.
-    """
-    if not isinstance(num_iter, int) or num_iter < 1:
-        raise ValueError(f"num_iter must be a positive integer, got {num_iter!r}")
-    return Method(RandomOrder(), CosineCounts(num_iter), DiSASteps(upper, lower, strategy), None, "disa")
+def disa(num_iter=64, upper=50, lower=5, strategy="linear", clip_timesteps=DISA_CLIP_TIMESTEPS):
+    """MAR with DiSA's annealed diffusion steps (README defaults: 64 AR steps, linear 50 -> 5, timesteps
+    capped at 950). Sample with cfg DISA_CFG[model] to match the release."""
+    return Method(RandomOrder(), CosineCounts(num_iter), DiSASteps(upper, lower, strategy, clip_timesteps),
+                  name="disa")

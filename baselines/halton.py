@@ -122,4 +122,4 @@ def halton(num_iter=16, schedule="arccos", roll=False, diffusion_steps=100):
     if schedule not in SCHEDULES:
         raise ValueError(f"unknown Halton count schedule {schedule!r}; choose one of {SCHEDULES}")
     counts = HaltonCounts(num_iter) if schedule == "arccos" else CosineCounts(num_iter)
-    return Method(HaltonOrder(roll), counts, ConstantSteps(diffusion_steps), None, "halton")
+    return Method(HaltonOrder(roll), counts, ConstantSteps(diffusion_steps), name="halton")

@@ -44,7 +44,7 @@ FLOPs (eval/cost.py, mar_base, one image, CFG, 100 head steps): 64 AR steps 5.26
 import torch
 import torch.nn.functional as F
 
-from gtr.method import ConstantSteps, CosineCounts, Method, RandomOrder
+from gtr.method import ConstantSteps, CosineCounts, Method, PlainHead, RandomOrder
 from gtr.models.mar import modulate
 from gtr.sampler import put, take
 
@@ -126,8 +126,7 @@ class LazyMAR:
     Settings (official values): start_step 5, refresh_interval 9, prune_layer 3, extra_tokens 15,
     ratios (table by step), head_threshold 7, head_skip_blocks (1, 2, 3, 4), head_recompute 0.9.
     ratio_mode / refresh_mode: 'index' (official) or 'fraction' (see keep_ratio / is_full_step).
-    head_steps: the head's diffusion steps assumed when the sampler does not announce them (see
-    LazyHead). After a run, `trace` lists 'full' / 'lazy' per AR step, `kept` the decoder positions
+    After a run, `trace` lists 'full' / 'lazy' per AR step, `kept` the decoder positions
     recomputed after prune_layer on each pruned step, and `head_calls` the head's full and lazy
     diffusion steps.
     """
@@ -135,7 +134,7 @@ class LazyMAR:
     def __init__(self, refresh=True, encoder_cache=True, decoder_pruning=True, cfg_cache=True, head_cache=True,
                  start_step=5, refresh_interval=9, prune_layer=3, extra_tokens=15, ratios=RETAIN_RATIOS,
                  ratio_mode="index", refresh_mode="index", head_threshold=7, head_skip_blocks=(1, 2, 3, 4),
-                 head_recompute=0.9, head_steps=100):
+                 head_recompute=0.9):
         for name, mode in dict(ratio_mode=ratio_mode, refresh_mode=refresh_mode).items():
             if mode not in MODES:
                 raise ValueError(f"LazyMAR {name} must be one of {MODES}, got {mode!r}")
@@ -143,7 +142,7 @@ class LazyMAR:
             raise ValueError(f"LazyMAR ratios must be a non-empty table of values in [0, 1], got {ratios!r}")
         for name, value, low in (("start_step", start_step, 0), ("refresh_interval", refresh_interval, 1),
                                  ("prune_layer", prune_layer, 0), ("extra_tokens", extra_tokens, 0),
-                                 ("head_threshold", head_threshold, 1), ("head_steps", head_steps, 1)):
+                                 ("head_threshold", head_threshold, 1)):
             if not isinstance(value, int) or value < low:
                 raise ValueError(f"LazyMAR {name} must be an integer >= {low}, got {value!r}")
         self.refresh, self.encoder_cache, self.decoder_pruning = refresh, encoder_cache, decoder_pruning
@@ -152,10 +151,10 @@ class LazyMAR:
         self.extra_tokens, self.ratios = extra_tokens, tuple(ratios)
         self.ratio_mode, self.refresh_mode = ratio_mode, refresh_mode
         self.head_threshold, self.head_skip_blocks = head_threshold, tuple(head_skip_blocks)
-        self.head_recompute, self.head_steps = head_recompute, head_steps
+        self.head_recompute = head_recompute
         self.start(None, 0, False)
 
-    # ---- the cache protocol (gtr/sampler.py PlainModel) ----
+    # ---- the cache protocol (gtr.method.Cache) ----
     def start(self, model, batch_size, guided):
         """Forget everything cached: a new batch begins."""
         self.batch, self.guided = batch_size, guided
@@ -202,9 +201,9 @@ class LazyMAR:
         fact: feihongyan1/LazyMAR diffusion_cached/gaussian_diffusion.py p_sample_loop_progressive
         builds a fresh cache per call)."""
         if not self.head_cache:
-            return model.head
-        return LazyHead(model.diffloss.net, self.guided, self.head_steps, self.head_threshold,
-                        self.head_skip_blocks, self.head_recompute, self.head_calls)
+            return PlainHead(model)
+        return LazyHead(model.diffloss.net, self.guided, self.head_threshold, self.head_skip_blocks,
+                        self.head_recompute, self.head_calls)
 
     # ---- full steps: plain MAR, keeping what lazy steps reuse ----
     def _full(self, model, tokens, known, class_emb, rows, cfg_cache):
@@ -330,44 +329,30 @@ class LazyMAR:
 class LazyHead:
     """The diffusion head with LazyMAR's cache, for the diffusion steps of one AR step.
 
-    Called as net(x, t, c) by gtr.models.diffusion.sample_head once per diffusion step; with guidance
-    x and c hold the conditional rows then the unconditional ones. Diffusion step index i runs from
-    T-1 down to 0. Full steps (i == T-1 or i % threshold == 0) run all rows and cache: eps_cond -
+    Called as head(x, t, c, i, T) (gtr.method.Head) by gtr.models.diffusion.sample_head once per
+    diffusion step i of a chain of T, from T-1 down to 0; with guidance x and c hold the conditional rows
+    then the unconditional ones. A chain starts (and overwrites every cache) at i = T-1. Full steps (i == T-1 or i % threshold == 0) run all rows and cache: eps_cond -
     eps_uncond, each res block's MLP output, and the residual increment of the skipped blocks. Lazy
     steps run the conditional rows only; blocks in skip_blocks add their cached increment; the other
     blocks compute their adaLN modulation and reuse the cached MLP output, except for i > recompute*T
     where they re-run (and re-cache) it; eps_uncond = eps_cond - cached difference. (fact:
     feihongyan1/LazyMAR models/diffloss_cached.py forward_with_cfg, SimpleMLPAdaLN.forward,
     ResBlock.forward with cache_type 'default', cache_threshold 7, blocks 1-4.)
-
-    T and the start of each group of diffusion steps: if the sampler calls `begin(num_steps)` before
-    each group it is used; otherwise a new group is recognised by a new conditioning tensor `c`
-    (sample_head builds it once per group) and T is taken as `num_steps` (the method's setting).
     """
+    stateless = False
 
-    def __init__(self, net, guided, num_steps=100, threshold=7, skip_blocks=(1, 2, 3, 4), recompute=0.9,
-                 counts=None):
-        self.net, self.guided, self.num_steps = net, guided, num_steps
+    def __init__(self, net, guided, threshold=7, skip_blocks=(1, 2, 3, 4), recompute=0.9, counts=None):
+        self.net, self.guided = net, guided
         self.threshold, self.skip_blocks, self.recompute = threshold, tuple(skip_blocks), recompute
         self.counts = counts if counts is not None else {"full": 0, "lazy": 0}
-        self._group, self._calls = None, 0
         self._cfg_diff, self._mlp, self._delta = None, {}, {}
 
-    def begin(self, num_steps):
-        """Announce a group of `num_steps` diffusion steps (optional hook for the sampler)."""
-        self.num_steps, self._calls, self._group = num_steps, 0, None
-
-    def __call__(self, x, t, c):
-        if c is not self._group:
-            self._group, self._calls = c, 0
-        i = self.num_steps - 1 - self._calls
-        self._calls += 1
-        # Past the announced T (a longer group than assumed) every step runs in full.
-        full = i == self.num_steps - 1 or i % self.threshold == 0 or i < 0
+    def __call__(self, x, t, c, i, n):
+        full = i == n - 1 or i % self.threshold == 0
         self.counts["full" if full else "lazy"] += 1
         if full:
             return self._full(x, t, c)
-        return self._lazy(x, t, c, recompute=i > self.recompute * self.num_steps)
+        return self._lazy(x, t, c, recompute=i > self.recompute * n)
 
     def _full(self, x, t, c):
         """As HeadMLP.forward (same ops, same results), keeping what lazy steps reuse."""
@@ -416,6 +401,5 @@ def lazymar(num_iter=64, diffusion_steps=100, **switches):
 
     switches: any LazyMAR argument (refresh, encoder_cache, decoder_pruning, cfg_cache, head_cache, ...).
     """
-    switches.setdefault("head_steps", diffusion_steps)
     return Method(RandomOrder(), CosineCounts(num_iter), ConstantSteps(diffusion_steps), LazyMAR(**switches),
                   "lazymar")

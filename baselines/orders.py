@@ -54,10 +54,10 @@ def _check(num_iter):
 def raster(num_iter=64):
     """MAR in raster order (Table 5 'Raster')."""
     _check(num_iter)
-    return Method(RasterOrder(), CosineCounts(num_iter), ConstantSteps(100), None, "raster")
+    return Method(RasterOrder(), CosineCounts(num_iter), ConstantSteps(100), name="raster")
 
 
 def subsample(num_iter=64):
     """MAR in 4-quadrant raster order (Table 5 'Subsample')."""
     _check(num_iter)
-    return Method(SubsampleOrder(), CosineCounts(num_iter), ConstantSteps(100), None, "subsample")
+    return Method(SubsampleOrder(), CosineCounts(num_iter), ConstantSteps(100), name="subsample")

@@ -20,10 +20,12 @@ Two totals, both without the VAE (it is reported beside them, and in `flops_with
                               with its own clip (DiSA) is counted with it; enc+dec is unchanged.
 
 Speed: on `meta` each op still costs ~1 ms of Python, so counting takes shortcuts that give the same
-count as running every op (see the note above `_STRUCTURES`; fast=False turns them off). While
-counting, gtr.sampler.sample_head and F.scaled_dot_product_attention are patched (restored after).
-All of scripts/flops.py's 56 rows take about a minute on this CPU.
+count as running every op (see the note above `_STRUCTURES`; fast=False turns them off). The sampler
+is given a shape-only diffusion loop (its `head_loop` argument); F.scaled_dot_product_attention is
+memoised while counting (restored after).
 """
+import copy
+import dataclasses
 import time
 from collections import Counter
 from contextlib import contextmanager
@@ -113,28 +115,16 @@ def has_kl16_latents(model):
 #     and input shapes. Every submodule of the model and VAE is wrapped: the first call with a given
 #     (structure, input signature) runs under FlopCounterMode; later ones add that count and return an
 #     empty meta tensor of the recorded shape. Blocks of one stack share a structure.
-#  2. The head's diffusion loop (gtr.models.diffusion.sample_head, called by the sampler) is replaced
-#     by `_HeadLoop`, which makes the same network calls (one per distinct timestep, same shapes, CFG
-#     rows doubled) without the elementwise update (0 FLOPs in FlopCounterMode's convention anyway).
-#     The model's own head is stateless: a group of calls is one call counted times the steps.
-#  3. A head with state whose class is listed by `_group_memo_heads` (LazyMAR's) is run over a whole
-#     group on a 1-token probe and scaled by the tokens: its FLOPs depend only on the group, and every
-#     op of an MLP head is row-wise, so linear in the rows. Other heads are called step by step.
+#  2. The head's diffusion loop (the sampler's head_loop, gtr.models.diffusion.sample_head) is replaced
+#     by `_HeadLoop`, which makes the same head calls (one per distinct timestep, same shapes, CFG rows
+#     doubled) without the elementwise update (0 FLOPs in FlopCounterMode's convention anyway). A head
+#     that says it is `stateless` (the model's own) costs one call times the chain's steps.
+#  3. A head with state (a cache, e.g. LazyMAR's) runs its whole chain on a 1-token probe, scaled by
+#     the tokens: every op of MAR's head is row-wise, so its FLOPs are linear in the rows, and a chain
+#     starts afresh at its first step (gtr.method.Head). Memoised by the head's settings and the chain.
 _STRUCTURES = {}   # structure tuple -> small id
 _MEMO = {}         # (structure id, input signature) -> (FLOPs by op, output shape, output dtype)
 _GROUP_MEMO = {}   # (head class, settings, net structure, probe signature, steps) -> FLOPs by op of 1 token
-
-
-def _group_memo_heads():
-    """Head classes whose FLOPs over a group of diffusion steps depend only on the group's shapes and
-    settings, linearly in its tokens. LazyMAR's LazyHead: made fresh per AR step, reset by each new
-    group (a new c), the first call of a group is full and overwrites every cache, the full/lazy
-    pattern depends on the call index only, every op is row-wise. (Not kept: its `counts` statistics.)"""
-    try:
-        from baselines.lazymar import LazyHead
-    except ImportError:
-        return ()
-    return (LazyHead,)
 
 
 def _simple(value):
@@ -238,19 +228,31 @@ class _Counting:
             del module.forward
 
 
+class _CountingSteps:
+    """The method's steps slot, remembering the T of the last process it gave (for the paper's count)."""
+
+    def __init__(self, steps):
+        self.steps, self.last = steps, None
+
+    def __call__(self, step, z):
+        return self.steps(step, z)
+
+    def process(self, num_steps):
+        self.last = num_steps
+        return self.steps.process(num_steps)
+
+
 class _HeadLoop:
-    """Stand-in for sample_head while counting on meta (see the note above _STRUCTURES)."""
+    """Stand-in for the sampler's diffusion loop while counting on meta (see the note above _STRUCTURES)."""
 
-    def __init__(self, counting, model, paper_clip):
-        self.counting, self.model, self.paper_clip = counting, model, paper_clip
+    def __init__(self, counting, steps, paper_clip):
+        self.counting, self.steps, self.paper_clip = counting, steps, paper_clip
 
-    def own_head(self, net):
-        return net is self.model.diffloss.net or (
-            getattr(net, "__self__", None) is self.model and getattr(net, "__name__", "") == "head")
-
-    def __call__(self, net, cond, num_steps, noise, uncond=None, cfg=1.0, temperature=1.0, clip_timesteps=None):
-        steps = sampling_diffusion(num_steps, clip_timesteps).num_steps
-        paper_steps = sampling_diffusion(num_steps, self.paper_clip).num_steps
+    def __call__(self, head, cond, process, noise, uncond=None, cfg=1.0, temperature=1.0):
+        steps = process.num_steps
+        # The paper's convention: the same T with timesteps clipped (unless the slot clips already).
+        clip = self.steps.steps.clip_timesteps
+        paper_steps = sampling_diffusion(self.steps.last, self.paper_clip if clip is None else clip).num_steps
         n = noise.shape[0]
         if n == 0:
             return noise[:, 0]
@@ -259,52 +261,53 @@ class _HeadLoop:
         counting, guided = self.counting, uncond is not None
 
         def inputs(rows):
-            """The network's inputs for the first `rows` tokens, built fresh (a new c starts a group)."""
+            """The head's inputs for the first `rows` tokens."""
             x = noise[:rows, 0]
             c = torch.cat([cond[:rows], uncond[:rows]]) if guided else cond[:rows]
             x = torch.cat([x, x]) if guided else x
             return x, torch.zeros(x.shape[0], dtype=torch.long, device=x.device), c
 
         with counting.part("head"):
-            if self.own_head(net):
-                one = counting.ops_of(lambda: net(*inputs(n)))
+            if head.stateless:
+                one = counting.ops_of(lambda: head(*inputs(n), steps - 1, steps))
                 counting.add(one, steps)
                 counting.paper_head.update({op: k * paper_steps for op, k in one.items()})
-            elif isinstance(net, _group_memo_heads()):
-                base = (type(net).__qualname__, _settings(net),
-                        _structure_id(net.net) if isinstance(getattr(net, "net", None), torch.nn.Module) else None,
+            else:
+                base = (type(head).__qualname__, _settings(head),
+                        _structure_id(head.net) if isinstance(getattr(head, "net", None), torch.nn.Module) else None,
                         _signature(inputs(1), {}))
 
-                def probe(k):  # one group of k calls on one token (a fresh c: the head starts a group)
+                def probe(k):  # one chain of k calls on one token
                     x, t, c = inputs(1)
-                    if getattr(net, "begin", None) is not None:
-                        net.begin(k)  # as gtr.models.diffusion.sample_head announces the chain length
-                    for _ in range(k):
-                        net(x, t, c)
+                    for i in reversed(range(k)):
+                        head(x, t, c, i, k)
 
                 for k, target in ((steps, counting.extra), (paper_steps, counting.paper_head)):
                     key = base + (k,)
                     if key not in _GROUP_MEMO:
                         _GROUP_MEMO[key] = counting.ops_of(lambda k=k: probe(k))
                     target.update({op: v * n for op, v in _GROUP_MEMO[key].items()})
-            else:
-                counting.paper_exact = False  # an unknown stateful head: the paper's clip needs its own run
-                x, t, c = inputs(n)
-                if getattr(net, "begin", None) is not None:
-                    net.begin(steps)
-                for _ in range(steps):
-                    net(x, t, c)
         return noise[:, 0]
 
 
-def count_run(model, method, cfg=3.0, cfg_schedule="linear", clip_timesteps=None, vae=None, label=0, fast=True,
+def with_clip(method, clip_timesteps):
+    """`method` with its steps slot's timesteps capped at `clip_timesteps` (a copy; the slot's own clip,
+    if it has one, is kept)."""
+    if method.steps.clip_timesteps is not None:
+        return method
+    steps = copy.copy(method.steps)
+    steps.clip_timesteps = clip_timesteps
+    return dataclasses.replace(method, steps=steps)
+
+
+def count_run(model, method, cfg=3.0, cfg_schedule="linear", vae=None, label=0, fast=True,
               paper_clip=PAPER_CLIP_TIMESTEPS):
     """Run the sampler once for one image under FlopCounterMode; FLOPs (ints) per part.
 
     Returns encdec (everything the sampler runs outside the head: the transformer, with any cache,
     and method slots), head, vae (decode of the result, if `vae` is given), total, by_op, and
-    head_paper (the head with timesteps clipped at `paper_clip`; None when a stateful head needs
-    its own run). `model` may live on any device; on `meta` nothing is allocated or drawn.
+    head_paper (the head with timesteps clipped at `paper_clip` unless the steps slot clips already;
+    fast runs only, else None). `model` may live on any device; on `meta` nothing is allocated or drawn.
     fast (meta only): the exact shortcuts described above; fast=False runs every op as is.
     """
     device = model.fake_latent.device
@@ -312,18 +315,19 @@ def count_run(model, method, cfg=3.0, cfg_schedule="linear", clip_timesteps=None
     modules = [m for _, m in model.named_modules() if m is not model]
     if vae is not None:
         modules += [m for m in vae.modules() if m is not vae]
+    if fast:
+        method = dataclasses.replace(method, steps=_CountingSteps(method.steps))
     with FlopCounterMode(display=False, custom_mapping=CUSTOM_FLOPS) as counter:
         counting = _Counting(counter, modules, fast)
-        loop = _HeadLoop(counting, model, paper_clip) if fast else _as_head(counting, sampler.sample_head)
+        loop = _HeadLoop(counting, method.steps, paper_clip) if fast else _as_head(counting, sampler.sample_head)
         try:
             sdpa = F.scaled_dot_product_attention
             if fast:  # shortcut 1 for attention called outside a module (LazyMAR's cached attention)
                 sdpa = counting.memoised("scaled_dot_product_attention", sdpa)
-            with mock.patch.object(sampler, "sample_head", loop), \
-                    mock.patch.object(F, "scaled_dot_product_attention", sdpa):
+            with mock.patch.object(F, "scaled_dot_product_attention", sdpa):
                 tokens = sampler.sample(model, method, example_conditions(model, 1, device, label),
                                         [sampler.image_generator(0, 0)], cfg=cfg, cfg_schedule=cfg_schedule,
-                                        clip_timesteps=clip_timesteps)
+                                        head_loop=loop)
             if vae is not None:
                 with counting.part("vae"):
                     decode_for_cost(vae, model, tokens)
@@ -334,7 +338,7 @@ def count_run(model, method, cfg=3.0, cfg_schedule="linear", clip_timesteps=None
     out["encdec"] = total - out["head"] - out["vae"]
     out["total"] = total
     out["by_op"] = {str(op): n for op, n in counting.by_op().items()}
-    out["head_paper"] = sum(counting.paper_head.values()) if fast and counting.paper_exact else None
+    out["head_paper"] = sum(counting.paper_head.values()) if fast else None
     return out
 
 
@@ -346,13 +350,12 @@ def _as_head(counting, sample_head):
     return run
 
 
-def count_flops(model_name, method, cfg=3.0, cfg_schedule="linear", clip_timesteps=None, include_vae=True,
-                fast=True):
+def count_flops(model_name, method, cfg=3.0, cfg_schedule="linear", include_vae=True, fast=True):
     """FLOPs of sampling ONE image with `method` on MAR `model_name` (or a MAR module), in TFLOPs.
 
     CFG doubles the transformer and head batch (cfg must not be 1 for the paper's convention).
     Returns flops_T (exact, VAE excluded), flops_paper_convention_T (head clipped at 950 unless the
-    method sets its own clip, VAE excluded), flops_with_vae_T, the parts encdec_T / head_T /
+    method's steps slot sets its own clip, VAE excluded), flops_with_vae_T, the parts encdec_T / head_T /
     head_paper_convention_T / vae_T, and the op breakdown of the exact run.
     """
     model = meta_model(model_name) if isinstance(model_name, str) else model_name
@@ -360,14 +363,14 @@ def count_flops(model_name, method, cfg=3.0, cfg_schedule="linear", clip_timeste
         raise ValueError("this model's tokens are not KL-16 latents: there is no VAE to count; "
                          "pass include_vae=False")
     vae = meta_vae() if include_vae else None
-    paper_clip = PAPER_CLIP_TIMESTEPS if clip_timesteps is None else clip_timesteps
-    exact = count_run(model, method, cfg, cfg_schedule, clip_timesteps, vae, fast=fast, paper_clip=paper_clip)
-    if paper_clip == clip_timesteps:
+    clip = method.steps.clip_timesteps
+    exact = count_run(model, method, cfg, cfg_schedule, vae, fast=fast)
+    if clip is not None:
         head_paper = exact["head"]
     elif exact["head_paper"] is not None:
         head_paper = exact["head_paper"]
     else:
-        paper = count_run(model, method, cfg, cfg_schedule, paper_clip, fast=fast, paper_clip=paper_clip)
+        paper = count_run(model, with_clip(method, PAPER_CLIP_TIMESTEPS), cfg, cfg_schedule, fast=fast)
         if paper["encdec"] != exact["encdec"]:  # the clip only touches the head; anything else is a bug
             raise RuntimeError(f"enc+dec FLOPs changed with the timestep clip: {exact['encdec']} vs {paper['encdec']}")
         head_paper = paper["head"]
@@ -379,8 +382,8 @@ def count_flops(model_name, method, cfg=3.0, cfg_schedule="linear", clip_timeste
         "head_T": exact["head"] / TERA,
         "head_paper_convention_T": head_paper / TERA,
         "vae_T": exact["vae"] / TERA if include_vae else None,
-        "clip_timesteps": clip_timesteps,
-        "paper_clip_timesteps": paper_clip,
+        "clip_timesteps": clip,
+        "paper_clip_timesteps": PAPER_CLIP_TIMESTEPS if clip is None else clip,
         "cfg_batch": 2 if cfg != 1.0 else 1,
         "by_op_T": {k: v / TERA for k, v in exact["by_op"].items()},
     }
@@ -421,8 +424,7 @@ def encdec_macs(model, counts, batch=2):
 
 # ---------------------------------------------------------------- latency
 def measure_latency(model, method, batch_size=1, n_warmup=1, n_batches=3, device=None, cfg=3.0,
-                    cfg_schedule="linear", temperature=1.0, clip_timesteps=None, vae=None, dtype=torch.float32,
-                    seed=0):
+                    cfg_schedule="linear", temperature=1.0, vae=None, dtype=torch.float32, seed=0):
     """Seconds per image of sampling (and decoding, if `vae` is given) with real weights and noise.
 
     Runs `n_warmup` untimed batches, then `n_batches` timed ones of `batch_size` images. On CUDA each
@@ -442,7 +444,7 @@ def measure_latency(model, method, batch_size=1, n_warmup=1, n_batches=3, device
         labels = example_conditions(model, batch_size, "cpu", b * batch_size)
         with torch.no_grad(), torch.autocast(device.type, dtype=dtype, enabled=dtype != torch.float32):
             tokens = sampler.sample(model, method, labels, gens, cfg=cfg, cfg_schedule=cfg_schedule,
-                            temperature=temperature, clip_timesteps=clip_timesteps)
+                                    temperature=temperature)
             if vae is not None:
                 decode_for_cost(vae, model, tokens)
 

@@ -22,12 +22,10 @@ from hydra.utils import instantiate
 from omegaconf import DictConfig, OmegaConf
 
 from gtr.checkpoints import CheckpointError, load_mar, resolve
-from gtr.gtr import StageCounts, StagedOrder
 from gtr.method import Method
 from gtr.models.lightgen import build_lightgen
 from gtr.models.mar import build_mar
 from gtr.models.vae import AutoencoderKL, decode_tokens, load_vae_state, to_uint8
-from gtr.sampler import PlainModel
 
 ROOT = Path(__file__).resolve().parents[1]
 SLOTS = ("order", "counts", "steps", "cache")
@@ -45,7 +43,7 @@ def build_method(cfg_method, grid=None):
     Each slot node (`order`, `counts`, `steps`, `cache`) is instantiated with hydra from its
     `_target_`. `grid` (h, w), when given, dry-runs the order and the counts on that grid, so a
     method that cannot fill it (too many stages, more steps than tokens) fails here, before any model
-    work. Pairs that run but mean nothing are refused (check_method); doubtful ones are logged.
+    work. A slot with a `check(method)` hook judges the combination: it refuses with ValueError or logs.
     """
     if not isinstance(cfg_method, DictConfig) or any(s not in cfg_method for s in SLOTS):
         raise ConfigError(f"a method config needs the slots {SLOTS} (see configs/method/mar.yaml); "
@@ -67,10 +65,16 @@ def build_method(cfg_method, grid=None):
             raise ConfigError(f"method {name!r}: cannot build its {slot} slot {target}: {cause}") from None
         except Exception as e:  # an interpolation to a missing knob, a bad value
             raise ConfigError(f"method {name!r}: cannot build its {slot} slot {target}: {type(e).__name__}: {e}") from None
-    if isinstance(slots["cache"], PlainModel):
-        slots["cache"] = None  # the sampler's default: same as gtr.method.mar()
     method = Method(slots["order"], slots["counts"], slots["steps"], slots["cache"], name)
-    check_method(method, cfg_method, grid)
+    for slot in SLOTS:  # a slot's own check of the combination (e.g. GtR's stage counts vs its order)
+        check = getattr(slots[slot], "check", None)
+        if check is not None:
+            try:
+                check(method)
+            except ValueError as e:
+                raise ConfigError(f"method {name!r}: {e}") from None
+    if grid is not None:
+        dry_run(method, grid)
     return method
 
 
@@ -79,32 +83,6 @@ def _cause(error):
     cause = error.__cause__ or error
     text = str(cause).strip()
     return f"{type(cause).__name__}: {text}" if cause is not error else text
-
-
-def check_method(method, cfg_method=None, grid=None):
-    """Refuse slot pairs that cannot be meant; log the ones that differ from the published setting.
-
-    - StageCounts sizes its budgets by GtR's stages: under a StagedOrder both must use the same number of
-      stages, or a step would mix two stages. (Under another order StageCounts is only a count schedule,
-      which is how Table 5 changes nothing but the order.)
-    - DiSA's released code caps diffusion timesteps at 950: with another clip_timesteps it is a variant.
-    """
-    if isinstance(method.counts, StageCounts) and isinstance(method.order, StagedOrder):
-        if method.counts.num_stages != method.order.num_stages:
-            raise ConfigError(
-                f"method {method.name!r}: StageCounts has {method.counts.num_stages} stages but the StagedOrder has "
-                f"{method.order.num_stages}; they must be equal (set method.stages=K, which both read)")
-    clip = None if cfg_method is None else cfg_method.get("clip_timesteps")
-    try:
-        from baselines.disa import DISA_CLIP_TIMESTEPS, DiSASteps
-    except ImportError:
-        DiSASteps = None
-    if DiSASteps is not None and isinstance(method.steps, DiSASteps) and clip != DISA_CLIP_TIMESTEPS:
-        log.warning("method %r uses DiSA steps with clip_timesteps=%s; DiSA's released code caps timesteps at %s "
-                    "(set method.clip_timesteps=%s to match it)", method.name, clip, DISA_CLIP_TIMESTEPS,
-                    DISA_CLIP_TIMESTEPS)
-    if grid is not None:
-        dry_run(method, grid)
 
 
 def dry_run(method, grid):

@@ -12,7 +12,7 @@ text leaves open is a documented config value.
 
 import torch
 
-from gtr.method import Method, mar_cosine_counts
+from gtr.method import DiffusionSteps, Method, PlainCache, mar_cosine_counts
 
 
 def partition(h, w, num_stages):
@@ -107,6 +107,13 @@ class StageCounts:
         sizes = [len(s) for s in partition(grid[0], grid[1], self.num_stages)]
         return [c for n, m in zip(sizes, self.stage_steps(grid)) for c in spread(n, m, self.intra_stage)]
 
+    def check(self, method):
+        """Under a StagedOrder both must use the same number of stages, or a step would mix two stages.
+        (Under another order StageCounts is only a count schedule: Table 5 changes nothing but the order.)"""
+        if isinstance(method.order, StagedOrder) and method.order.num_stages != self.num_stages:
+            raise ValueError(f"StageCounts has {self.num_stages} stages but the StagedOrder has "
+                             f"{method.order.num_stages}; they must be equal (set method.stages=K, which both read)")
+
 
 def fts_scores(z):
     """Eq. 5: importance of each token from the amplitude spectrum of its conditioning vector.
@@ -119,7 +126,7 @@ def fts_scores(z):
     return (amplitude * weights).sum(-1)
 
 
-class StageSteps:
+class StageSteps(DiffusionSteps):
     """Stage-aware diffusion steps and FTS.
 
     A step belongs to the generation stage while fewer tokens than the generation stages hold (all
@@ -128,11 +135,13 @@ class StageSteps:
     GtR-dagger). Generation steps get round(T_max -> T_min linearly); reconstruction steps T_rec, and
     the `fts` selection of round(beta * n) tokens of each reconstruction step gets T_detail:
     'high' (FTS: highest eq.-5 scores), 'low', 'random', 'all' (Table 4's Full-Enhanced), 'none'.
+    clip_timesteps: see gtr.method.DiffusionSteps (the paper states none).
     """
 
     SELECTIONS = ("high", "low", "random", "all", "none")
 
-    def __init__(self, t_max=50, t_min=20, t_rec=20, t_detail=50, beta=0.1, fts="high"):
+    def __init__(self, t_max=50, t_min=20, t_rec=20, t_detail=50, beta=0.1, fts="high", clip_timesteps=None):
+        super().__init__(clip_timesteps)
         for name, value in dict(t_max=t_max, t_min=t_min, t_rec=t_rec, t_detail=t_detail).items():
             if not isinstance(value, int) or value < 1:
                 raise ValueError(f"gtr {name} must be a positive integer, got {value!r}")
@@ -170,7 +179,7 @@ class StageSteps:
 
 
 def gtr(stages=3, steps=None, rates=None, rate_first=2.67, rate_middle=10.67, rate_last=64.0, intra_stage="uniform",
-        t_max=50, t_min=20, t_rec=20, t_detail=50, beta=0.1, fts="high", cache=None):
+        t_max=50, t_min=20, t_rec=20, t_detail=50, beta=0.1, fts="high", clip_timesteps=None, cache=None):
     """GtR + FTS with the paper's defaults (section 4.1)."""
     return Method(StagedOrder(stages), StageCounts(stages, steps, rates, rate_first, rate_middle, rate_last, intra_stage),
-                  StageSteps(t_max, t_min, t_rec, t_detail, beta, fts), cache, "gtr")
+                  StageSteps(t_max, t_min, t_rec, t_detail, beta, fts, clip_timesteps), cache or PlainCache(), "gtr")

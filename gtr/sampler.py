@@ -22,19 +22,6 @@ def image_generator(seed, index):
     return torch.Generator().manual_seed(int(state[0]) << 32 | int(state[1]))
 
 
-class PlainModel:
-    """The default cache policy: run the model as it is, nothing reused."""
-
-    def start(self, model, batch_size, guided):
-        pass
-
-    def condition(self, model, tokens, known, class_emb, step):
-        return model.condition(tokens, known, class_emb)
-
-    def head(self, model, step):
-        return model.head
-
-
 def cfg_scale(cfg, schedule, seq_len, remaining):
     """Guidance at a step after which `remaining` tokens stay masked (MAR: linear in the generated
     fraction, counting at least one masked token, as the official clamp does at the last step)."""
@@ -61,17 +48,20 @@ def draw_noise(generators, shape, device):
 
 @torch.no_grad()
 def sample(model, method, labels, generators, cfg=1.0, cfg_schedule="linear", temperature=1.0,
-           clip_timesteps=None, orders=None, noise_fn=None, callback=None):
+           orders=None, noise_fn=None, callback=None, head_loop=sample_head):
     """Generate tokens (B, L, C) for the conditions `labels` with `method`.
 
     labels: one condition per image, given to model.embed_condition: class ids (B,) for MAR (-1:
     unconditional), T5 states (B, max_length, 4096) for LightGen.
     generators: one torch.Generator per image (see image_generator).
     cfg / cfg_schedule: guidance scale and 'linear' (MAR) or 'constant' schedule; cfg == 1: no guidance.
-    temperature: scales the noise of each diffusion step. clip_timesteps: cap the head's timesteps.
+    temperature: scales the noise of each diffusion step. The diffusion process itself (respacing,
+    timestep clip) is the method's steps slot's (method.steps.process).
     orders: (B, L) generation orders overriding the method's (e.g. to replay the official code).
     noise_fn(step_index, shape) -> (B, *shape) overrides the per-image noise (tests / replay).
     callback(dict): called after every AR step with the step, its z and the tokens so far.
+    head_loop: the function that runs one chain of diffusion steps (gtr.models.diffusion.sample_head's
+    signature); FLOP counting passes a shape-only stand-in (eval/cost.py).
     """
     device = model.fake_latent.device
     batch = len(generators)
@@ -89,7 +79,7 @@ def sample(model, method, labels, generators, cfg=1.0, cfg_schedule="linear", te
     cond_emb = model.embed_condition(labels)
     if guided:
         cond_emb = torch.cat([cond_emb, model.unconditional_embedding(batch).to(cond_emb.dtype)])
-    cache = method.cache or PlainModel()
+    cache = method.cache
     cache.start(model, batch, guided)
     noise_fn = noise_fn or (lambda k, shape: draw_noise(generators, shape, device))
 
@@ -112,8 +102,8 @@ def sample(model, method, labels, generators, cfg=1.0, cfg_schedule="linear", te
             head = cache.head(model, step)
             new = torch.empty(batch, n, channels, device=device)
             for index, t in groups:
-                new = _sample_group(head, new, index, t, z_cond, z_uncond, noise, scale, temperature,
-                                    clip_timesteps)
+                new = _sample_group(head_loop, head, method.steps.process(t), new, index, t, z_cond, z_uncond,
+                                    noise, scale, temperature)
             tokens = put(tokens, predict, new)
         done += n
         if callback is not None:
@@ -131,8 +121,10 @@ def put(x, index, values):
     return x.scatter(1, index[..., None].expand(-1, -1, x.shape[-1]), values.to(x.dtype))
 
 
-def _sample_group(head, new, index, num_steps, z_cond, z_uncond, noise, cfg, temperature, clip_timesteps):
-    """Sample the tokens `index` (B, m) of this step (None: all) with `num_steps` diffusion steps."""
+def _sample_group(head_loop, head, process, new, index, num_steps, z_cond, z_uncond, noise, cfg, temperature):
+    """Sample the tokens `index` (B, m) of this step (None: all) with the `num_steps`-step `process`.
+    Noise columns: the first 1 + num_steps of this step's draw (a clip may merge steps; the draw does not
+    depend on it)."""
     batch, channels = new.shape[0], new.shape[2]
     if index is None:
         zc, zu, nz = z_cond, z_uncond, noise
@@ -140,9 +132,9 @@ def _sample_group(head, new, index, num_steps, z_cond, z_uncond, noise, cfg, tem
         zc, nz = take(z_cond, index), take(noise.flatten(2), index).view(batch, -1, *noise.shape[2:])
         zu = take(z_uncond, index) if z_uncond is not None else None
     m = zc.shape[1]
-    x = sample_head(head, zc.reshape(batch * m, -1), num_steps, nz[:, :, :1 + num_steps].reshape(batch * m, -1, channels),
-                    uncond=None if zu is None else zu.reshape(batch * m, -1), cfg=cfg, temperature=temperature,
-                    clip_timesteps=clip_timesteps).view(batch, m, channels)
+    x = head_loop(head, zc.reshape(batch * m, -1), process, nz[:, :, :1 + num_steps].reshape(batch * m, -1, channels),
+                  uncond=None if zu is None else zu.reshape(batch * m, -1), cfg=cfg,
+                  temperature=temperature).view(batch, m, channels)
     if index is None:
         return x.to(new.dtype)
     return put(new, index, x)

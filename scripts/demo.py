@@ -80,20 +80,19 @@ def run_row(row, model, args, out):
     row_id, tables, label, name, overrides = row
     cfg = compose_method(name, overrides)
     method = build_method(cfg.method, grid=(model.seq_h, model.seq_w))
-    # A method's own clip (DiSA, gtr_fast: 950) wins; otherwise the tiny world's (see --clip-timesteps).
-    clip = cfg.method.get("clip_timesteps") or (args.clip_timesteps or None)
+    clip = method.steps.clip_timesteps  # the tiny model's config gives every method 950 (configs/model/tiny.yaml)
     n = args.per_class * 10
     labels = torch.arange(n) % 10
     images, start = [], time.perf_counter()
     for lo in range(0, n, args.batch_size):
         idx = range(lo, min(n, lo + args.batch_size))
         tokens = sample(model, method, labels[lo:idx.stop], [image_generator(args.seed, i) for i in idx],
-                        cfg=args.cfg, clip_timesteps=clip)
+                        cfg=args.cfg)
         images.append(to_uint8(model.unpatchify(tokens)))
     seconds = time.perf_counter() - start
     images = torch.cat(images)
     scores = evaluate(images, ref_stats_path=fmnist_reference_stats(), feature_extractor="fmnist-classifier")
-    flops = count_flops(model, method, cfg=args.cfg, clip_timesteps=clip, include_vae=False)
+    flops = count_flops(model, method, cfg=args.cfg, include_vae=False)
     grid_path = out / "grids" / f"{row_id}.png"
     save_grid(images[:40], grid_path)
     record = {
@@ -136,11 +135,6 @@ def main(argv=None):
     p.add_argument("--batch-size", type=int, default=100)
     p.add_argument("--cfg", type=float, default=4.0, help="guidance scale, the same for every row (chosen on MAR (16), README)")
     p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--clip-timesteps", type=int, default=950,
-                   help="cap on the head's diffusion timesteps for every row (0: none, MAR's default). The tiny "
-                        "model's eps at t=999 is not accurate enough for MAR's unclipped first step, which "
-                        "amplifies its error ~150x and diverges; 950 is DiSA's default and the paper's FLOPs "
-                        "convention (96 distinct steps of '100')")
     p.add_argument("--threads", type=int, default=2)
     p.add_argument("--rows", nargs="*", help="only these row ids (default: all)")
     p.add_argument("--force", action="store_true", help="recompute rows already in <out>/runs")

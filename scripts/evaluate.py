@@ -53,7 +53,6 @@ def evaluate_run(run_dir, ref_stats=None, latency=False, feature_extractor="ince
     cfg = OmegaConf.create(run["config"])
     model = meta_model(cfg.model.name)
     method = build_method(cfg.method, grid=(model.seq_h, model.seq_w))
-    clip = cfg.method.get("clip_timesteps")
     record = {k: run[k] for k in ("table", "key", "model", "method", "command", "git_commit", "torch_version",
                                   "device", "dtype", "batch_size", "num_images")}
     record["config"] = run["config"]
@@ -71,7 +70,7 @@ def evaluate_run(run_dir, ref_stats=None, latency=False, feature_extractor="ince
         record.update(fid=scores.get("fid"), **{"is": scores.get("is_mean")})
         if scores.get("is_mean") is None and scores.get("is_reason"):
             record["is_unavailable"] = scores["is_reason"]
-    flops = count_flops(model, method, cfg=cfg.cfg, cfg_schedule=cfg.cfg_schedule, clip_timesteps=clip,
+    flops = count_flops(model, method, cfg=cfg.cfg, cfg_schedule=cfg.cfg_schedule,
                         include_vae=cfg.model.get("decoder") == "vae")
     record.update(flops_T=flops["flops_T"], flops_paper_convention_T=flops.get("flops_paper_convention_T"))
     if latency:
@@ -81,7 +80,7 @@ def evaluate_run(run_dir, ref_stats=None, latency=False, feature_extractor="ince
         model = build_model(cfg.model, device)
         # Sampling only (text encoding and decoding are not timed), at the run's batch size and dtype.
         lat = measure_latency(model, method, batch_size=int(cfg.batch_size), device=device, cfg=cfg.cfg,
-                              cfg_schedule=cfg.cfg_schedule, clip_timesteps=clip,
+                              cfg_schedule=cfg.cfg_schedule,
                               dtype=getattr(torch, DTYPES[cfg.dtype]))
         record["latency_gpu_s" if device == "cuda" else "latency_cpu_s"] = lat["seconds_per_image"]
         record["latency"] = lat

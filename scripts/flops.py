@@ -22,6 +22,7 @@ paper's stated 24 + 6 + 2 steps (`step32/gtr`), LazyMAR at 64 steps, Table 3 at 
 """
 import argparse
 import csv
+import dataclasses
 import json
 import sys
 import time
@@ -56,7 +57,7 @@ REFERENCE_T = {
 }
 
 GTR_T1B = dict(steps=(16, 3, 1), intra_stage="cosine")   # configs/method/gtr_t1b.yaml
-GTR_FAST = dict(steps=(6, 2, 1), intra_stage="uniform")  # configs/method/gtr_fast.yaml (+ clip 950)
+GTR_FAST = dict(steps=(6, 2, 1), intra_stage="uniform", clip_timesteps=950)  # configs/method/gtr_fast.yaml
 
 
 def row(table, key, compare_with, method_label, config, build, clip=None, group=""):
@@ -118,14 +119,12 @@ def table1_rows(m):
 
 def gtr_diff(num_iter=64, fts="none"):
     """Table 3 GtR-dagger: MAR's order and counts, GtR's stage-aware diffusion steps (method/gtr_diff.yaml)."""
-    return Method(RandomOrder(), CosineCounts(num_iter), StageSteps(fts=fts), None, "gtr_diff")
+    return Method(RandomOrder(), CosineCounts(num_iter), StageSteps(fts=fts), name="gtr_diff")
 
 
 def gtr_enc(**counts):
     """Table 3 GtR*: GtR's order and stage counts, MAR's 100 diffusion steps (method/gtr_enc.yaml)."""
-    method = gtr(**counts)
-    method.steps, method.name = ConstantSteps(100), "gtr_enc"
-    return method
+    return dataclasses.replace(gtr(**counts), steps=ConstantSteps(100), name="gtr_enc")
 
 
 def table3_rows():
@@ -301,7 +300,7 @@ def main(argv=None):
         if m == "lightgen":  # no VAE count (SD3.5's is not KL-16); 50 diffusion steps, no clip
             counted = count_flops(name, r["build"](), cfg=4.0, cfg_schedule="constant", include_vae=False)
         else:
-            counted = count_flops(name, r["build"](), cfg=MAR_CFG[name], clip_timesteps=r["clip"])
+            counted = count_flops(name, r["build"](), cfg=MAR_CFG[name])
         p = paper.get(r["compare_with"])
         conv, exact = counted["flops_paper_convention_T"], counted["flops_T"]
         ref = REFERENCE_T.get(r["key"], (None, ""))

@@ -77,7 +77,7 @@ def main(argv=None):
         measure_latency(model, mar(4, 10), n_warmup=0, n_batches=1, device="cpu", cfg=MAR_CFG[name])  # warm-up
         for r in todo:
             lat = measure_latency(model, r["build"](), batch_size=1, n_warmup=0, n_batches=1, device="cpu",
-                                  cfg=MAR_CFG[name], clip_timesteps=r["clip"])
+                                  cfg=MAR_CFG[name])
             record = dict(table=r["table"], key=r["key"], model=label, method=r["method"],
                           config=dict(model=name, **r["config"]), latency_cpu_s=lat["seconds_per_image"],
                           latency=lat, command=command, git_commit=commit, torch_version=torch.__version__,

@@ -265,8 +265,7 @@ def make_shard(cfg, model, method, decode, labels, indices, progress, condition=
             cond = condition(labels[batch])
         with torch.autocast(model.fake_latent.device.type, dtype=amp) if amp else nullcontext():
             x = sample(model, method, cond, generators, cfg=cfg.cfg,
-                       cfg_schedule=cfg.cfg_schedule, temperature=cfg.temperature,
-                       clip_timesteps=cfg.method.clip_timesteps)
+                       cfg_schedule=cfg.cfg_schedule, temperature=cfg.temperature)
             images.append(decode(x).numpy())
         if cfg.eval.get("save_tokens"):
             tokens.append(x.float().cpu().numpy())

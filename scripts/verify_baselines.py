@@ -32,7 +32,7 @@ DiSA (MAR_DiSA/models/diffloss.py DiffLoss.sample, MAR_DiSA/diffusion/__init__.p
       "default") vs gtr's sampling_diffusion(T, 950 / None): kept timesteps and every array, bitwise.
   D3. end to end: the official MAR_DiSA `sample_tokens` (a MAR fork calling diffloss.sample(step=...,
       ar_num_iter=...)) on a small random MAR (16x16 tokens, width 64, depth 2+2, head 2x64) vs gtr's
-      `sample(model, disa(...), clip_timesteps=950)` with the official order and noise replayed (as
+      `sample(model, disa(...))` (its steps slot clips at 950) with the official order and noise replayed (as
       verify_official does), cfg 2.5 linear; final tokens compared by max|a-b|/(|b|+1) (random weights
       make samples large). Per step, the official process used and the noise it drew are checked
       against gtr's step count and clipped process. As info: the same run of gtr without the clip.
@@ -411,8 +411,8 @@ def verify_disa_sampler(mar_mod, failures, runs, cfg, tol, scale, seed):
         results = {}
         for clip in (DISA_CLIP_TIMESTEPS, None):
             with torch.no_grad():
-                tokens = sample(ours_model, method, labels, [torch.Generator() for _ in labels], cfg=cfg,
-                                cfg_schedule="linear", clip_timesteps=clip, orders=orders,
+                tokens = sample(ours_model, disa(num_iter, 50, 5, strategy, clip_timesteps=clip), labels,
+                                [torch.Generator() for _ in labels], cfg=cfg, cfg_schedule="linear", orders=orders,
                                 noise_fn=lambda k, shape: per_step[k])
             results[clip] = ours_model.unpatchify(tokens)
         report(f"{name}: final tokens, gtr (clip_timesteps={DISA_CLIP_TIMESTEPS}) vs official sample_tokens",

@@ -57,7 +57,8 @@ sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 from verify_official import Recorder, import_official, perturb  # noqa: E402  (also puts the repo on sys.path)
 
 from baselines.lazymar import LazyHead, lazymar  # noqa: E402
-from gtr.models.diffusion import sample_head  # noqa: E402
+from gtr.method import PlainHead  # noqa: E402
+from gtr.models.diffusion import sample_head, sampling_diffusion  # noqa: E402
 from gtr.models.mar import build_mar  # noqa: E402
 from gtr.sampler import cfg_scale, sample  # noqa: E402
 
@@ -331,7 +332,8 @@ def teacher_forced_head(name, model, method, theirs, per_step, cfg, failures):
         head = method.cache.head(model, None)
         steps = noise.shape[2] - 1
         with torch.no_grad():
-            x = sample_head(head, zc.reshape(batch * n, -1), steps, noise.reshape(batch * n, steps + 1, -1),
+            x = sample_head(head, zc.reshape(batch * n, -1), method.steps.process(steps),
+                            noise.reshape(batch * n, steps + 1, -1),
                             uncond=zu.reshape(batch * n, -1),
                             cfg=cfg_scale(cfg, "linear", model.seq_len, model.seq_len - done - n))
         diff, rel = measures(x.view_as(new), new)
@@ -363,9 +365,9 @@ def compare_head(mar_cache, ours, state, diff_steps, cfg, failures):
             else:
                 out = theirs.diffloss.sample(z, 1.0, cfg, device=torch.device("cpu"))
         noise = torch.stack([draws.draws[0]] + [d[:n] for d in draws.draws[1:]], 1)
-        head = LazyHead(ours.diffloss.net, True, diff_steps) if cached else ours.head
+        head = LazyHead(ours.diffloss.net, True) if cached else PlainHead(ours)
         with torch.no_grad():
-            mine = sample_head(head, z[:n], diff_steps, noise, uncond=z[n:], cfg=cfg)
+            mine = sample_head(head, z[:n], sampling_diffusion(diff_steps), noise, uncond=z[n:], cfg=cfg)
         samples[cached] = out[:n]
         report(f"0. head {'cache (LazyHead)' if cached else '(plain)'}, one AR step of {n} tokens, same z and noise",
                mine, out[:n], 0.0, failures)

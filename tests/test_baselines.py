@@ -174,10 +174,15 @@ def test_disa_constants():
 def test_disa_samples_each_position_once(model):
     method = disa(16)
     steps_used, records = [], []
-    slot = method.steps
-    method.steps = lambda step, z: steps_used.append(slot(step, z)) or steps_used[-1]
+
+    class Recorded(DiSASteps):
+        def __call__(self, step, z):
+            steps_used.append(super().__call__(step, z))
+            return steps_used[-1]
+    method.steps = Recorded()
     record = lambda d: records.append((d["step"].predict.clone(), d["tokens"].clone()))
-    tokens = run(model, method, seed=5, callback=record, clip_timesteps=DISA_CLIP_TIMESTEPS)
+    assert method.steps.clip_timesteps == DISA_CLIP_TIMESTEPS  # DiSA's process, as released
+    tokens = run(model, method, seed=5, callback=record)
     assert [t for [(index, t)] in steps_used] == DiSASteps().schedule(16)
     assert len(records) == 16
     before = torch.zeros_like(tokens)

@@ -102,7 +102,6 @@ def test_slot_swaps_keep_the_rest_of_the_method():
     cfg = cfg_of("method=gtr", "method/cache=lazymar")
     assert targets(cfg) == {"order": "gtr.gtr.StagedOrder", "counts": "gtr.gtr.StageCounts",
                             "steps": "gtr.gtr.StageSteps", "cache": "baselines.lazymar.LazyMAR"}
-    assert cfg.method.cache.head_steps == cfg.method.diffusion_steps
     cfg = cfg_of("method=gtr", "method/steps=disa")
     assert targets(cfg)["steps"] == "baselines.disa.DiSASteps" and targets(cfg)["order"] == "gtr.gtr.StagedOrder"
 
@@ -211,7 +210,6 @@ def test_every_method_samples_and_fills_each_position_once(method, tiny_model):
     built = build_method(cfg.method, grid=(8, 8))
     predicted = []
     tokens = sample(tiny_model, built, torch.tensor([2, 7]), [image_generator(0, i) for i in range(2)], cfg=2.0,
-                    clip_timesteps=cfg.method.clip_timesteps,
                     callback=lambda info: predicted.append(info["step"].predict.cpu()))
     filled = torch.cat(predicted, dim=1)  # (2, 64) positions in the order they were predicted
     assert filled.shape == (2, 64)

@@ -10,7 +10,7 @@ import torch.nn.functional as F
 from torch.utils._python_dispatch import TorchDispatchMode
 from torch.utils.flop_counter import FlopCounterMode
 
-from eval.cost import (CUSTOM_FLOPS, count_flops, count_run, encdec_macs, head_macs_per_token, measure_latency,
+from eval.cost import (CUSTOM_FLOPS, count_flops, count_run, encdec_macs, head_macs_per_token, measure_latency, with_clip,
                        meta_model)
 from eval.tables import validate_record
 from gtr.gtr import gtr
@@ -124,7 +124,7 @@ def test_shortcuts_count_exactly_what_a_plain_run_counts(small, make):
     plain = count_run(small, make(), fast=False)
     for field in ("encdec", "head", "total", "by_op"):
         assert fast[field] == plain[field], field
-    plain_clip = count_run(small, make(), clip_timesteps=500, fast=False)
+    plain_clip = count_run(small, with_clip(make(), 500), fast=False)
     assert fast["head_paper"] == plain_clip["head"] < plain["head"]
     assert plain_clip["encdec"] == plain["encdec"]
 

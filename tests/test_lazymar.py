@@ -12,7 +12,7 @@ from baselines.lazymar import RETAIN_RATIOS, LazyHead, LazyMAR, is_full_step, ke
 from eval.cost import count_run
 from gtr.gtr import gtr
 from gtr.method import Step, mar, mar_cosine_counts
-from gtr.models.diffusion import sample_head
+from gtr.models.diffusion import sample_head, sampling_diffusion
 from gtr.models.mar import build_mar
 from gtr.sampler import image_generator, sample
 from helpers import assert_close_to_scale
@@ -216,16 +216,15 @@ def test_unguided(model):
 def test_head_cache_schedule():
     net = random_mar().diffloss.net
     z, zu, noise = torch.randn(3, 32), torch.randn(3, 32), torch.randn(3, 101, 16)
-    plain = sample_head(net, z, 100, noise, uncond=zu, cfg=3.0)
-    head = LazyHead(net, guided=True, num_steps=100)
-    cached = sample_head(head, z, 100, noise, uncond=zu, cfg=3.0)
+    plain = sample_head(lambda x, t, c, i, n: net(x, t, c), z, sampling_diffusion(100), noise, uncond=zu, cfg=3.0)
+    head = LazyHead(net, guided=True)
+    cached = sample_head(head, z, sampling_diffusion(100), noise, uncond=zu, cfg=3.0)
     assert head.counts == {"full": 16, "lazy": 84}       # 16 of 100 (i == 99 or i % 7 == 0)
     assert 0 < ((cached - plain).norm() / plain.norm()).item() < 0.05
-    # A second group (a new conditioning tensor) starts over with a full step; begin() sets T.
-    sample_head(head, z[:1], 100, noise[:1], uncond=zu[:1], cfg=3.0)
+    # Every chain starts over with a full step (the sampler tells the head its step and chain length).
+    sample_head(head, z[:1], sampling_diffusion(100), noise[:1], uncond=zu[:1], cfg=3.0)
     assert head.counts == {"full": 32, "lazy": 168}
-    head.begin(20)
-    sample_head(head, z, 20, noise[:, :21], uncond=zu, cfg=3.0)
+    sample_head(head, z, sampling_diffusion(20), noise[:, :21], uncond=zu, cfg=3.0)
     assert head.counts == {"full": 36, "lazy": 184}      # i = 19, 14, 7, 0
 
 

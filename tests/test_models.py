@@ -136,11 +136,11 @@ def test_one_step_diffusion_predicts_x0_from_noise():
     x_t = process.q_sample(x0, torch.zeros(5, dtype=torch.long), eps)
     seen = []
 
-    def oracle(x, t, c):
+    def oracle(x, t, c, i, n):
         seen.append(t.clone())
         return torch.cat([eps, torch.zeros_like(eps)], dim=1)
     noise = torch.stack([x_t, torch.randn(5, 4)], dim=1)
-    out = sample_head(oracle, torch.zeros(5, 3), 1, noise)
+    out = sample_head(oracle, torch.zeros(5, 3), sampling_diffusion(1), noise)
     assert torch.equal(seen[0], torch.full((5,), 999))
     # float32 cancellation at t=999 (x0 = 1e4 * (x - eps)) costs about 1e-3
     assert torch.allclose(out, x0, atol=5e-3)
@@ -151,19 +151,19 @@ def test_head_sampling_with_exact_eps_recovers_data():
     x0 = torch.tensor([[0.5, -0.25, 0.1]])
     acp = torch.tensor(Diffusion().alphas_cumprod, dtype=torch.float64)
 
-    def oracle(x, t, c):
+    def oracle(x, t, c, i, n):
         a = acp[t].float()[:, None]
         eps = (x - a.sqrt() * x0) / (1 - a).sqrt()
         return torch.cat([eps, -torch.ones_like(eps)], dim=1)
     noise = torch.randn(1, 51, 3, generator=torch.Generator().manual_seed(0))
-    out = sample_head(oracle, torch.zeros(1, 2), 50, noise)
+    out = sample_head(oracle, torch.zeros(1, 2), sampling_diffusion(50), noise)
     assert torch.allclose(out, x0, atol=1e-3)
 
 
 def test_guidance_uses_conditional_variance_and_mixes_eps():
     calls = []
 
-    def net(x, t, c):
+    def net(x, t, c, i, n):
         calls.append(x.shape[0])
         eps = c[:, :2]
         var = torch.where(c[:, 2:3] > 0, 1.0, -1.0).expand(-1, 2)
@@ -171,8 +171,9 @@ def test_guidance_uses_conditional_variance_and_mixes_eps():
     cond = torch.tensor([[1.0, 1.0, 1.0]])
     uncond = torch.tensor([[0.0, 0.0, -1.0]])
     noise = torch.zeros(1, 3, 2)
-    a = sample_head(net, cond, 2, noise, uncond=uncond, cfg=3.0)
-    b = sample_head(lambda x, t, c: torch.cat([3.0 * c[:, :2], torch.ones(1, 2)], dim=1), cond, 2, noise)
+    a = sample_head(net, cond, sampling_diffusion(2), noise, uncond=uncond, cfg=3.0)
+    b = sample_head(lambda x, t, c, i, n: torch.cat([3.0 * c[:, :2], torch.ones(1, 2)], dim=1), cond,
+                    sampling_diffusion(2), noise)
     assert calls == [2, 2] and torch.allclose(a, b)
 
 

@@ -163,38 +163,35 @@ def sampling_diffusion(num_steps, clip_timesteps=None):
     return Diffusion(respaced_timesteps(num_steps, clip_timesteps))
 
 
-def sample_head(net, cond, num_steps, noise, uncond=None, cfg=1.0, temperature=1.0, clip_timesteps=None):
-    """Ancestral sampling of N tokens with the head `net(x, t, c) -> (eps, var)`.
+def sample_head(head, cond, process, noise, uncond=None, cfg=1.0, temperature=1.0):
+    """Ancestral sampling of N tokens with `head(x, t, c, i, n) -> (eps, var)` (gtr.method.Head).
 
-    cond: (N, D) conditioning vectors; uncond: (N, D) or None (no guidance).
-    noise: (N, 1 + num_steps, C): column 0 is the starting noise, column k the noise of step k.
+    process: the respaced Diffusion to run (a steps slot's process(T)); cond: (N, D) conditioning
+    vectors; uncond: (N, D) or None (no guidance).
+    noise: (N, >= 1 + process.num_steps, C): column 0 is the starting noise, column k the noise of step k.
     cfg: guidance scale, a float or an (N,) tensor; applied to eps only, the variance is the
     conditional branch's (fact: LTH14/mar models/diffloss.py forward_with_cfg).
     temperature scales only the noise added at each step (fact: LTH14/mar gaussian_diffusion p_sample).
     """
-    process = sampling_diffusion(num_steps, clip_timesteps)
-    begin = getattr(net, "begin", None)  # a head cache (LazyMAR) learns the length of this chain
-    if begin is not None:
-        begin(process.num_steps)
-    n, channels = noise.shape[0], noise.shape[2]
+    n, channels, steps = noise.shape[0], noise.shape[2], process.num_steps
     if n == 0:
         return noise[:, 0]
-    if noise.shape[1] < 1 + process.num_steps:
-        raise ValueError(f"noise has {noise.shape[1]} columns, {1 + process.num_steps} needed")
+    if noise.shape[1] < 1 + steps:
+        raise ValueError(f"noise has {noise.shape[1]} columns, {1 + steps} needed")
     x = noise[:, 0]
     guided = uncond is not None
     c = torch.cat([cond, uncond]) if guided else cond
     if guided and torch.is_tensor(cfg):
         cfg = cfg.view(-1, 1).to(x)
-    for k, i in enumerate(reversed(range(process.num_steps))):
+    for k, i in enumerate(reversed(range(steps))):
         index = torch.full((n,), i, device=x.device, dtype=torch.long)
         t = process.model_timesteps(index, x)
         if guided:
-            out = net(torch.cat([x, x]), torch.cat([t, t]), c)
+            out = head(torch.cat([x, x]), torch.cat([t, t]), c, i, steps)
             eps_c, eps_u = out[:n, :channels], out[n:, :channels]
             out = torch.cat([eps_u + cfg * (eps_c - eps_u), out[:n, channels:]], dim=1)
         else:
-            out = net(x, t, c)
+            out = head(x, t, c, i, steps)
         mean, log_var = process.p_mean_logvar(out.float(), x, index)
         if i > 0:
             x = mean + torch.exp(0.5 * log_var) * noise[:, k + 1] * temperature
