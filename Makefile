@@ -1,4 +1,5 @@
 # gtr-bench. `make demo` and `make test` set everything up on a fresh machine (.venv, packages, data).
+# Commands write under outputs/ (ignored by git); only `make results` rewrites the committed results/.
 PYTHON ?= python3
 VENV := .venv
 PY := $(VENV)/bin/python
@@ -6,8 +7,8 @@ STAMP := $(VENV)/.installed
 FASHION := /usr/share/datasets/fashion-mnist/train-images-idx3-ubyte.gz
 TORCH := torch==2.14.1 torchvision==0.29.1
 
-.PHONY: help install data test demo train-tiny flops latency-cpu tables verify-official verify-baselines verify-lazymar verify-lightgen \
-        reproduce-table1 reproduce-table2 reproduce-table3 reproduce-table4 reproduce-table5 clean
+.PHONY: help install data test demo train-tiny flops latency-cpu tables results weights verify-official verify-baselines \
+        verify-lazymar verify-lightgen reproduce-table1 reproduce-table2 reproduce-table3 reproduce-table4 reproduce-table5 clean
 
 help:  ## list the targets
 	@grep -E '^[a-zA-Z0-9_ -]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  %-20s %s\n", $$1, $$2}'
@@ -33,22 +34,28 @@ test: $(STAMP) data  ## run the test suite (CPU, no downloads)
 train-tiny: $(STAMP) data  ## train (or continue training) the tiny Fashion-MNIST MAR; resumable
 	$(PY) scripts/train.py --out results/tiny_mar --steps 2000
 
-demo: $(STAMP) data  ## the tiny world end to end on CPU: sample every method, score, count, time -> results/demo/
-	@# --force: recompute every row (the committed records are the numbers to reproduce); an
-	@# interrupted demo resumes without recomputing finished rows: python scripts/demo.py
-	$(PY) scripts/demo.py --force
+demo: $(STAMP) data  ## the tiny world end to end on CPU: every row sampled, scored, counted, timed -> outputs/demo/
+	$(PY) scripts/demo.py $(ARGS)
 
-flops: $(STAMP)  ## FLOPs of every row of Tables 1-4 (LightGen's Table 2 too), beside the paper's (CPU, no weights)
-	$(PY) scripts/flops.py
+flops: $(STAMP)  ## FLOPs of every row of Tables 1-4 beside the paper's (CPU, no weights) -> outputs/flops/
+	$(PY) scripts/flops.py $(ARGS)
 
-latency-cpu: $(STAMP)  ## CPU latency of Table 1's rows on this machine, random weights: make latency-cpu MODELS=mar_b
-	$(PY) scripts/latency.py --models $(or $(MODELS),mar_b)
+latency-cpu: $(STAMP)  ## CPU latency of Table 1's rows here, random weights: make latency-cpu MODELS=mar_b,mar_h
+	$(PY) scripts/latency.py experiment=table1 model=$(or $(MODELS),mar_b) threads=$(or $(THREADS),2) $(ARGS)
 
-tables: $(STAMP)  ## paper tables with our runs and deltas -> results/table*.md, fid_vs_flops.png
-	$(PY) scripts/tables.py --runs results/runs --out results
+tables: $(STAMP)  ## the paper's tables beside our run records (outputs/runs) -> outputs/table*.md
+	$(PY) scripts/tables.py $(ARGS)
+
+results: $(STAMP) data  ## regenerate the committed results/ (FLOPs, tiny world, tables): edits tracked files
+	$(PY) scripts/flops.py records=results
+	$(PY) scripts/demo.py records=results
+	$(PY) scripts/tables.py records=results
+
+weights: $(STAMP)  ## download the official MAR-B/L/H checkpoints, KL-16 VAE and ADM FID stats (once, resumable)
+	$(PY) -m gtr.weights $(NAMES)
 
 reproduce-table1 reproduce-table2 reproduce-table3 reproduce-table4 reproduce-table5: $(STAMP)  ## on a GPU box; checks first what is missing
-	$(PY) scripts/reproduce.py --table $(@:reproduce-table%=%) $(ARGS)
+	$(PY) scripts/reproduce.py experiment=$(@:reproduce-%=%) $(ARGS)
 
 verify-official:  ## compare with the official MAR code: make verify-official OFFICIAL=path/to/LTH14-mar
 	$(PY) -m pip install -q timm

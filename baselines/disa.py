@@ -19,10 +19,6 @@ log = logging.getLogger("gtr")
 # fact: Qinyu-Allen-Zhao/DiSA MAR_DiSA/diffusion/__init__.py (create_diffusion default clip_timesteps=950)
 DISA_CLIP_TIMESTEPS = 950
 
-# CFG scales DiSA evaluates MAR with (fact: Qinyu-Allen-Zhao/DiSA README.md section 3.1, "--cfg 2.9 /
-# 3.0 / 3.3", linear cfg schedule, num_iter 64; 3.3 for MAR-H is DiSA's choice, MAR's own is 3.2).
-DISA_CFG = {"mar_base": 2.9, "mar_large": 3.0, "mar_huge": 3.3}
-
 STRATEGIES = ("linear", "cosine", "two-stage", "constant")
 
 
@@ -84,6 +80,6 @@ class DiSASteps(DiffusionSteps):
 
 def disa(num_iter=64, upper=50, lower=5, strategy="linear", clip_timesteps=DISA_CLIP_TIMESTEPS):
     """MAR with DiSA's annealed diffusion steps (README defaults: 64 AR steps, linear 50 -> 5, timesteps
-    capped at 950). Sample with cfg DISA_CFG[model] to match the release."""
+    capped at 950). DiSA evaluates MAR-H at cfg 3.3, MAR's own 3.2 (fact: DiSA README 3.1): model.cfg=3.3."""
     return Method(RandomOrder(), CosineCounts(num_iter), DiSASteps(upper, lower, strategy, clip_timesteps),
                   name="disa")

@@ -4,11 +4,11 @@ The paper names them only: "Raster (top-left to bottom-right), Subsample (4-quad
 Random (permutation), and GtR", and says Subsample "outperforms Raster by establishing global
 structure through quadrant distribution but still suffers from adjacent token prediction within
 quadrants" (paper section 4.4). No code was released. Random is gtr.method.RandomOrder, GtR is
-gtr.gtr.StagedOrder. Counts and diffusion steps stay MAR's (cosine counts, 100 steps).
+gtr.gtr.StagedOrder. configs/method/raster.yaml and subsample.yaml keep GtR's counts and diffusion steps,
+so that only the order changes.
 """
 import torch
 
-from gtr.method import ConstantSteps, CosineCounts, Method
 
 
 class RasterOrder:
@@ -44,20 +44,3 @@ class SubsampleOrder:
         parts = quadrants(grid[0], grid[1])
         longest = max(len(p) for p in parts)
         return torch.tensor([p[t] for t in range(longest) for p in parts if t < len(p)])
-
-
-def _check(num_iter):
-    if not isinstance(num_iter, int) or num_iter < 1:
-        raise ValueError(f"num_iter must be a positive integer, got {num_iter!r}")
-
-
-def raster(num_iter=64):
-    """MAR in raster order (Table 5 'Raster')."""
-    _check(num_iter)
-    return Method(RasterOrder(), CosineCounts(num_iter), ConstantSteps(100), name="raster")
-
-
-def subsample(num_iter=64):
-    """MAR in 4-quadrant raster order (Table 5 'Subsample')."""
-    _check(num_iter)
-    return Method(SubsampleOrder(), CosineCounts(num_iter), ConstantSteps(100), name="subsample")

@@ -41,6 +41,7 @@ from gtr.models.mar import build_mar
 from gtr.models.vae import AutoencoderKL, decode_tokens
 from gtr import sampler
 from gtr.models.diffusion import sampling_diffusion
+from gtr.runs import device_name
 
 PAPER_CLIP_TIMESTEPS = 950  # the clip behind the paper's FLOPs column (REFERENCE.md sections 2, 4b)
 TERA = 1e12
@@ -389,37 +390,13 @@ def count_flops(model_name, method, cfg=3.0, cfg_schedule="linear", include_vae=
     }
 
 
-# ---------------------------------------------------------------- analytic cross-check (MACs)
-def head_macs_per_token(model):
-    """MACs of one head evaluation for one row (one token, one diffusion step, one CFG branch):
-    time MLP, cond and input projections, adaLN res blocks (MLP 2w^2 + modulation 3w^2), final layer."""
-    net = model.diffloss.net
-    w = net.cond_embed.out_features
-    z, c, freq = net.cond_embed.in_features, net.in_channels, net.time_embed.freq_dim
-    return freq * w + w * w + z * w + c * w + len(net.res_blocks) * 5 * w * w + 2 * w * w + w * 2 * c
-
-
-def _block_macs(n, width, mlp_ratio):
-    """One ViT block on n tokens: qkv 3nw^2, proj nw^2, MLP 2*ratio*nw^2, attention 2n^2w."""
-    return (4 + 2 * mlp_ratio) * n * width * width + 2 * n * n * width
-
-
-def encdec_macs(model, counts, batch=2):
-    """MACs of the encoder+decoder over a count schedule (plain MAR: no cache), at `batch` rows.
-
-    Encoder: z_proj on all tokens, blocks on buffer + known tokens; decoder_embed on those, decoder
-    blocks on buffer + all positions.
-    """
-    c = model.config
-    w, wd = c.width, c.decoder_width or c.width
-    dd = c.decoder_depth or c.depth
-    total, done = 0, 0
-    for n in counts:
-        n_enc, n_dec = c.buffer_size + done, c.buffer_size + model.seq_len
-        total += model.seq_len * model.token_dim * w + c.depth * _block_macs(n_enc, w, c.mlp_ratio)
-        total += n_enc * w * wd + dd * _block_macs(n_dec, wd, c.mlp_ratio)
-        done += n
-    return batch * total
+def sd35_vae_decode_T():
+    """TFLOPs of decoding one 512 px image (16 x 64 x 64 latents) with SD3.5's VAE, on the meta device."""
+    from gtr.models.t2i import build_sd_vae
+    vae = build_sd_vae("meta")
+    with FlopCounterMode(display=False, custom_mapping=CUSTOM_FLOPS) as counter:
+        vae.decode(torch.empty(1, 16, 64, 64, device="meta"))
+    return counter.get_total_flops() / TERA
 
 
 # ---------------------------------------------------------------- latency
@@ -468,7 +445,7 @@ def measure_latency(model, method, batch_size=1, n_warmup=1, n_batches=3, device
         "seconds_per_image": sum(seconds) / (n_batches * batch_size),
         "batch_seconds": seconds,
         "device": str(device),
-        "device_name": torch.cuda.get_device_name(device) if cuda else "cpu",
+        "device_name": device_name(device),
         "dtype": str(dtype).replace("torch.", ""),
         "batch_size": batch_size,
         "n_warmup": n_warmup,

@@ -28,6 +28,9 @@ import subprocess
 import sys
 from pathlib import Path
 
+from gtr.config import ConfigError
+from gtr.prompts import PROMPTS_ENV, read_prompts
+
 # Paper name (GtR Table 2 columns) -> GenEval task tag, in GenEval's summary order.
 # fact: djghosh13/geneval prompts/evaluation_metadata.jsonl uses exactly these six tags, in this order of first
 # appearance (80 single_object, 99 two_object, 80 counting, 94 colors, 100 position, 100 color_attr = 553 prompts);
@@ -48,7 +51,6 @@ SAMPLES_PER_PROMPT = 4     # fact: djghosh13/geneval generation/diffusers_genera
 # fact: djghosh13/geneval evaluation/evaluate_images.py loads <--model-path>/<options.model>.pth with this default
 # name; evaluation/download_models.sh saves the checkpoint under that name in the folder it is given.
 DETECTOR_NAME = "mask2former_swin-s-p4-w7-224_lsj_8x2_50e_coco"
-PROMPTS_ENV = "GENEVAL_PROMPTS"
 
 # fact: djghosh13/geneval evaluation/evaluate_images.py scores every subfolder whose name is all digits, and in
 # its samples/ every file whose name re.match()es r"\d+\.png".
@@ -61,36 +63,6 @@ class GenEvalError(ValueError):
 
 
 # ----------------------------------------------------------------------------- prompts
-
-def read_prompts(path: str | os.PathLike | None = None) -> list[dict]:
-    """Read GenEval's prompt metadata (one JSON object a line), in file order.
-
-    `path` defaults to $GENEVAL_PROMPTS. Each entry is the dict of its line and must have "prompt" and
-    "tag"; the rest ("include", "exclude") is kept as is, since GenEval's scorer reads it.
-    """
-    path = path if path is not None else os.environ.get(PROMPTS_ENV)
-    if not path or not Path(path).is_file():
-        raise GenEvalError(
-            f"GenEval prompts file not found ({path or 'no path given'}): use prompts/evaluation_metadata.jsonl "
-            f"of a djghosh13/geneval checkout, passed as eval.prompts=PATH or in the {PROMPTS_ENV} "
-            f"environment variable")
-    lines = Path(path).read_text(encoding="utf-8").splitlines()
-    while lines and not lines[-1].strip():  # a trailing newline or blank lines at the end are harmless
-        lines.pop()
-    prompts = []
-    for number, line in enumerate(lines, 1):
-        # A blank line in the middle would shift every later prompt index, so it is an error too.
-        try:
-            entry = json.loads(line)
-        except json.JSONDecodeError as e:
-            raise GenEvalError(f"{path} line {number} is not valid JSON ({e.msg})") from None
-        if not (isinstance(entry, dict) and isinstance(entry.get("prompt"), str) and isinstance(entry.get("tag"), str)):
-            raise GenEvalError(f"{path} line {number} is not a GenEval prompt: it needs \"prompt\" and \"tag\" strings")
-        prompts.append(entry)
-    if not prompts:
-        raise GenEvalError(f"{path} holds no prompts")
-    return prompts
-
 
 def image_prompt(i: int, samples_per_prompt: int = SAMPLES_PER_PROMPT) -> tuple[int, int]:
     """(prompt index, sample index) of gtr-bench image i: images are prompt-major, samples_per_prompt each."""
@@ -376,7 +348,7 @@ def main(argv=None) -> int:
         summary = summarize(results)
         print(json.dumps(summary, indent=2) if args.json else format_summary(summary))
         return 0
-    except (GenEvalError, OSError) as e:
+    except (GenEvalError, ConfigError, OSError) as e:
         # One line: a failed scorer's stderr has already been shown as it ran.
         print(f"error: {str(e).splitlines()[0]}", file=sys.stderr)
         return 2

@@ -6,7 +6,8 @@ Paper side: ``results/paper/table{N}.csv`` hold the paper's numbers as printed (
 Our side: one JSON file per run, anywhere under a runs directory. A run record is a dict:
 
 Required fields
-    table          1..5, or "demo" (tiny-world runs that no paper row compares with)
+    table          1..5, "demo" (tiny-world runs that no paper row compares with), or "ours" (a row of
+                   no table, e.g. a method counted on its own)
     key            configuration key, same key space as the paper CSVs' ``key`` column,
                    e.g. "mar_h/64/mar", "mar_h/step16/gtr", "table3/gtr_enc+gtr_diff+fts".
                    A key the paper lacks (e.g. "mar_h/step32/gtr") is listed as "ours only".
@@ -24,19 +25,22 @@ Measured fields (optional, number or null; at least one must be a number)
     fid, is                   FID / Inception Score
     single_obj, two_obj, colors, counting, position, color_attr, overall   GenEval
 
-Optional: ``group`` (e.g. "Step=32") and any other field (kept, not used). ``speed`` must not
-be recorded: it is derived here, as baseline/this of one metric, like the paper's.
+Optional: ``group`` (e.g. "Step=32"), ``family`` (e.g. "GtR", from the method's config),
+``baseline`` (the key our speed divides by, set by the experiment, e.g. "mar_h/64/mar"), and any other
+field (kept, not used). ``speed`` must not be recorded: it is derived here, as baseline/this of one
+metric, like the paper's. Records are written by eval/records.py (validated here first).
 """
 from __future__ import annotations
 
 import json
 import math
-import re
 from numbers import Number
 from pathlib import Path
 
 import numpy as np
 import pandas as pd
+
+from eval.plots import plot_quality_vs_cost
 
 PAPER_DIR = Path(__file__).resolve().parent.parent / "results" / "paper"
 TABLES = (1, 2, 3, 4, 5)
@@ -69,7 +73,7 @@ METRICS = {
 # Metrics we report where the paper prints nothing (its side stays empty): Table 2 has no FLOPs column.
 OURS_ONLY = {2: ["flops_T"]}
 ID_COLUMNS = {
-    1: ["key", "model", "group", "method", "params"],
+    1: ["key", "model", "group", "method", "family", "params"],
     2: ["key", "model", "group", "method", "params"],
     3: ["key", "model", "method", "gtr_encdec", "gtr_diffusion", "fts"],
     4: ["key", "model", "method"],
@@ -106,8 +110,8 @@ def validate_record(record, source: str) -> dict:
         if isinstance(value, bool) or not isinstance(value, types):
             raise ValueError(f"{source}: field '{field}' has type {type(value).__name__}, "
                              f"expected {_type_names(types)}")
-    if record["table"] not in (*TABLES, "demo"):
-        raise ValueError(f"{source}: field 'table' must be 1..5 or \"demo\", got {record['table']!r}")
+    if record["table"] not in (*TABLES, "demo", "ours"):
+        raise ValueError(f"{source}: field 'table' must be 1..5, \"demo\" or \"ours\", got {record['table']!r}")
     if not record["key"].strip():
         raise ValueError(f"{source}: field 'key' is empty")
     if "speed" in record:
@@ -157,7 +161,7 @@ def _ours_by_key(runs: pd.DataFrame | None) -> pd.DataFrame:
     Two records of one key may measure different things (a GPU latency run, an FID run);
     two different values of the same field are refused rather than silently picked.
     """
-    columns = MEASURED_FIELDS + ["sources"]
+    columns = MEASURED_FIELDS + ["baseline", "sources"]
     if runs is None or len(runs) == 0:
         return pd.DataFrame(columns=columns, dtype=object).rename_axis("key")
     rows = {}
@@ -170,25 +174,11 @@ def _ours_by_key(runs: pd.DataFrame | None) -> pd.DataFrame:
                 raise ValueError(f"key '{key}': conflicting values of '{field}' "
                                  f"{sorted(values.unique())} in {files}; keep one record")
             row[field] = values.iloc[0] if len(values) else math.nan
+        baselines = group["baseline"].dropna() if "baseline" in group else []
+        row["baseline"] = baselines.iloc[0] if len(baselines) else None
         row["sources"] = "; ".join(group["source"].astype(str))
         rows[key] = row
     return pd.DataFrame.from_dict(rows, orient="index", columns=columns).rename_axis("key")
-
-
-def baseline_key(table_no: int, key: str) -> str | None:
-    """Key of the row that ``key``'s speed divides by, or None where speed is undefined."""
-    if table_no not in SPEED_BASIS:
-        return None
-    match = re.match(r"(mar_[blh])/", key)
-    if match:
-        return f"{match.group(1)}/64/mar"
-    if key.startswith("lightgen/"):
-        return "lightgen/32/lightgen"
-    if key.startswith("ref/"):
-        return key  # the paper gives each reference model speed 1.00 (its own baseline)
-    if table_no in (3, 4):
-        return "mar_h/64/mar"  # both ablations are deltas against MAR-H at 64 steps
-    return None
 
 
 def join_with_paper(table_no: int, runs_df: pd.DataFrame | None) -> pd.DataFrame:
@@ -244,11 +234,12 @@ def join_with_paper(table_no: int, runs_df: pd.DataFrame | None) -> pd.DataFrame
 
 
 def _our_speed(table_no: int, keys: pd.Series, ours: pd.DataFrame) -> pd.Series:
-    """baseline/this of our own SPEED_BASIS metric; NaN where either is unmeasured."""
+    """baseline/this of our own SPEED_BASIS metric (the baseline: the key the row's record names, set by
+    its experiment); NaN where either is unmeasured."""
     basis = SPEED_BASIS[table_no]
     speeds = []
     for key in keys:
-        base = baseline_key(table_no, key)
+        base = ours["baseline"].get(key) if key in ours.index else None
         this = ours[basis].get(key, math.nan) if key in ours.index else math.nan
         ref = ours[basis].get(base, math.nan) if base in ours.index else math.nan
         speeds.append(ref / this if this and not math.isnan(this) else math.nan)
@@ -303,78 +294,28 @@ def write_table(df: pd.DataFrame, out_dir, name: str, title: str = "", notes=())
     return md, csv
 
 
-FAMILIES = {"mar": "Step reduction", "halton": "Halton", "disa": "DiSA",
-            "lazymar": "LazyMAR", "gtr": "GtR"}
-FAMILY_COLORS = {"MAR (64 steps)": "black", "Step reduction": "tab:gray", "Halton": "tab:purple",
-                 "DiSA": "tab:blue", "LazyMAR": "tab:orange", "GtR": "tab:red"}
-MODEL_NAMES = {"mar_b": "MAR-B", "mar_l": "MAR-L", "mar_h": "MAR-H"}
-
-
-def _family(key: str):
-    """(model slug, family name) of a MAR key like 'mar_h/step16/gtr', else None."""
-    match = re.fullmatch(r"(mar_[blh])/(?:step)?(\d+)/(\w+)", str(key))
-    if not match:
-        return None
-    model, steps, method = match.groups()
-    if method == "mar" and steps == "64":
-        return model, "MAR (64 steps)"
-    return model, FAMILIES.get(method, method)
-
-
 def plot_fid_vs_flops(df: pd.DataFrame, path) -> Path:
-    """FID vs FLOPs per MAR model from ``join_with_paper(1, ...)``; paper hollow, ours filled.
-
-    One panel per model, one colour per method family; a family's points are joined by a
-    dashed (paper) or solid (ours) line in FLOPs order. Writes a PNG (Agg, no display).
-    """
-    from matplotlib.backends.backend_agg import FigureCanvasAgg
-    from matplotlib.figure import Figure
-    from matplotlib.lines import Line2D
-    from matplotlib.ticker import FuncFormatter
-
-    needed = ["key", "flops_T_paper", "fid_paper", "flops_T_ours", "fid_ours"]
+    """FID vs FLOPs of Table 1 (``join_with_paper(1, ...)``), one panel per model; the paper's points
+    hollow, ours filled, each labelled with its group; a family's rows of the paper's table are one
+    sweep (joined), rows only we have stand alone. Colours: eval.plots (one per family, everywhere)."""
+    needed = ["key", "model", "family", "group", "flops_T_paper", "fid_paper", "flops_T_ours", "fid_ours", "status"]
     absent = [c for c in needed if c not in df.columns]
     if absent:
         raise ValueError(f"plot_fid_vs_flops needs join_with_paper(1, ...) columns; missing {absent}")
-    fam = df["key"].map(_family)
-    data = df[fam.notna()].copy()
-    data["model_slug"] = [f[0] for f in fam.dropna()]
-    data["family"] = [f[1] for f in fam.dropna()]
-    models = [m for m in MODEL_NAMES if m in set(data["model_slug"])]
-    if not models:
-        raise ValueError("no MAR rows (keys like 'mar_h/step16/gtr') to plot")
-
-    fig = Figure(figsize=(4.5 * len(models), 4.2))
-    FigureCanvasAgg(fig)
-    for i, model in enumerate(models):
-        ax = fig.add_subplot(1, len(models), i + 1)
-        for family, rows in data[data["model_slug"] == model].groupby("family", sort=False):
-            color = FAMILY_COLORS.get(family, "tab:green")
-            for side, face, style in (("paper", "none", "--"), ("ours", color, "-")):
-                pts = rows[[f"flops_T_{side}", f"fid_{side}"]].dropna().sort_values(f"flops_T_{side}")
-                if pts.empty:
-                    continue
-                marker = "*" if family == "MAR (64 steps)" else "o"
-                ax.plot(pts.iloc[:, 0], pts.iloc[:, 1], linestyle=style, color=color, marker=marker,
-                        markerfacecolor=face, markeredgecolor=color, markersize=9 if marker == "*" else 6)
-        ax.set_title(MODEL_NAMES[model])
-        ax.set_xlabel("FLOPs per image (T)")
-        ax.set_yscale("log")
-        plain = FuncFormatter(lambda v, _: f"{v:g}")  # 2, 3, 10 rather than 2x10^0
-        ax.yaxis.set_major_formatter(plain)
-        ax.yaxis.set_minor_formatter(plain)
-        ax.grid(alpha=0.3, which="both")
-    fig.axes[0].set_ylabel("FID (log scale)")
-    handles = [Line2D([], [], color=c, marker="o", linestyle="-", label=f)
-               for f, c in FAMILY_COLORS.items() if f in set(data["family"])]
-    handles += [Line2D([], [], color="k", marker="o", markerfacecolor="none", linestyle="--", label="paper"),
-                Line2D([], [], color="k", marker="o", linestyle="-", label="ours")]
-    fig.legend(handles=handles, loc="upper center", ncol=len(handles), fontsize=8, frameon=False)
-    fig.tight_layout(rect=(0, 0, 1, 0.9))
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(path, dpi=120)
-    return path
+    rows = df[df["family"].notna() & (df["family"] != "reference")]
+    points = []
+    for side in ("paper", "ours"):
+        for _, r in rows.iterrows():
+            in_paper = r["status"] != STATUS_OURS
+            points.append({"panel": r["model"], "family": r["family"], "side": side,
+                           "sweep": r["family"] if in_paper else "",
+                           "label": r["group"] if isinstance(r["group"], str) else r["key"].split("/", 1)[-1],
+                           "flops": r[f"flops_T_{side}"], "fid": r[f"fid_{side}"]})
+    points = pd.DataFrame(points)
+    if points.dropna(subset=["flops", "fid"]).empty:
+        raise ValueError("no Table 1 point with both FLOPs and FID to plot")
+    return plot_quality_vs_cost(points, path, x="flops", y="fid", xlabel="FLOPs per image (T)", ylabel="FID (log)",
+                                log_y=True, title="paper: hollow, dashed; ours: filled, solid (scripts/tables.py)")
 
 
 def _check_table_no(table_no) -> None:
@@ -385,3 +326,73 @@ def _check_table_no(table_no) -> None:
 def _type_names(types) -> str:
     types = types if isinstance(types, tuple) else (types,)
     return " or ".join(t.__name__ for t in types)
+
+
+# ---------------------------------------------------------------- FLOPs beside the paper
+def paper_flops() -> dict:
+    """{key: FLOPs (T)} of the paper's Tables 1, 3, 4 as printed."""
+    values = {}
+    for n in (1, 3, 4):
+        table = load_paper_table(n)
+        values.update({k: float(v) for k, v in zip(table["key"], table["flops_T"]) if not pd.isna(v)})
+    return values
+
+
+def reference_flops() -> dict:
+    """{key: (T, which count it is, source)}: FLOPs counted with the official code (results/paper/
+    reference_flops.csv, from REFERENCE.md sections 2 and 4b)."""
+    table = pd.read_csv(PAPER_DIR / "reference_flops.csv")
+    return {r.key: (r.flops_T, r.compare, r.source) for r in table.itertuples()}
+
+
+def flops_markdown(records, command, sd35_vae_T=None) -> str:
+    """The FLOPs report: every record (eval/records.py, written by scripts/flops.py) beside the paper's
+    number for its `compare_with` row and the official-code count, then Table 2's FLOPs ratios beside the
+    paper's speed (a GPU latency ratio)."""
+    paper, reference = paper_flops(), reference_flops()
+
+    def fmt(v, digits=3, signed=False):
+        if v is None or (isinstance(v, float) and math.isnan(v)):
+            return "–"
+        return f"{v:+.{digits}f}" if signed else f"{v:.{digits}f}"
+    lines = ["# FLOPs per image: ours vs the paper", "",
+             f"`{command}` (eval/cost.py: the real sampler, one image, CFG batch 2, meta device, FlopCounterMode, "
+             "FLOPs = 2 x MACs). Rows: the experiments' rows (configs/experiment/).", "",
+             "- `paper conv.`: enc+dec + head counted with timesteps clipped at 950 (\"100\" steps -> 96 distinct), "
+             "VAE excluded: the paper's convention (REFERENCE.md 2, 4b). `gap` = paper conv. - paper.",
+             "- `exact`: the method as configured (MAR: 100 distinct steps), VAE excluded; `exact gap %` vs the paper.",
+             "- `ref`: the count of the official code (results/paper/reference_flops.csv; compare with `exact T` or "
+             "`paper conv. T` as it says).",
+             "- `compare with`: the paper row; keys differ where our configuration is not the row's label.", "",
+             "| table | key | compare with | model | method | exact T | paper conv. T | paper T | gap T | gap % "
+             "| exact gap % | ref T | enc+dec T | head T | head conv. T | VAE T |",
+             "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|"]
+    for r in records:
+        p = paper.get(r["compare_with"])
+        conv, exact = r["flops_paper_convention_T"], r["flops_T"]
+        ref = reference.get(r["key"])
+        tag = r["config"]["method"].get("tag", "")
+        lines.append("| " + " | ".join([
+            str(r["table"]), r["key"], r["compare_with"] or "–", r["model"], f"{r['method']} ({tag})", fmt(exact),
+            fmt(conv), fmt(p, 2), fmt(None if p is None else conv - p, signed=True),
+            fmt(None if p is None else 100 * (conv - p) / p, 2, True),
+            fmt(None if p is None else 100 * (exact - p) / p, 2, True),
+            "–" if ref is None else f"{ref[0]} ({ref[1]})", fmt(r["encdec_T"]), fmt(r["head_T"]),
+            fmt(r["head_paper_convention_T"]), fmt(r.get("vae_T"))]) + " |")
+    table2 = [r for r in records if r["table"] == 2]
+    if table2:
+        speeds = load_paper_table(2).set_index("key")["speed"].dropna().to_dict()
+        base = next((r["flops_T"] for r in table2 if r["key"] == r.get("baseline")), None)
+        lines += ["", "## Table 2 (LightGen 512 px): FLOPs beside the paper's speed", "",
+                  "The paper prints no FLOPs for Table 2; its `speed` is a GPU latency ratio against \"LightGen, 32\". "
+                  "Ours: exact FLOPs per image (cfg 4.0 constant, 50 diffusion steps, SD3.5 VAE and T5-XXL excluded) "
+                  "and their ratio to our LightGen 32 row: a FLOPs ratio, not a latency ratio."
+                  + ("" if sd35_vae_T is None else f" Decoding one 512 px image with SD3.5's VAE adds {sd35_vae_T:.3f} T "
+                     "(counted on meta); the T5-XXL prompt encoding (once per prompt) is not counted."), "",
+                  "| key | method | exact T | enc+dec+text T | head T | FLOPs ratio (ours) | paper speed (latency) |",
+                  "|---|---|---|---|---|---|---|"]
+        for r in table2:
+            ratio = None if base is None else base / r["flops_T"]
+            lines.append(f"| {r['key']} | {r['method']} ({r['config']['method'].get('tag', '')}) | {fmt(r['flops_T'])} | "
+                         f"{fmt(r['encdec_T'])} | {fmt(r['head_T'])} | {fmt(ratio, 2)} | {fmt(speeds.get(r['key']), 2)} |")
+    return "\n".join(lines) + "\n"

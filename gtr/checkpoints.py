@@ -83,7 +83,7 @@ def read_state_dict(path, weights="model_ema", trusted=False):
             with torch.serialization.safe_globals([argparse.Namespace]):
                 state = torch.load(path, map_location="cpu", weights_only=not trusted)
     except Exception as e:
-        reason = (str(e).strip().splitlines() or [""])[0][:200]  # torch.load's messages run to many lines
+        reason = (str(e).strip().splitlines() or [""])[0]  # torch.load's messages run to many lines: the first, whole
         raise CheckpointError(f"cannot read checkpoint {path}: {type(e).__name__}: {reason}. "
                               "The file is damaged, truncated or not a checkpoint.") from None
     if not isinstance(state, dict):

@@ -12,10 +12,10 @@
 
 Images: n images (eval.num_images or `n`); image i has label labels[i] (the eval protocol: class-major
 np.arange(classes).repeat(n // classes), MAR's; or spread over the classes when n is not a multiple)
-and is drawn from gtr.sampler.image_generator(seed, i), so it is the same whatever the batch size,
-number of processes or restarts. Text-to-image (a prompts eval set: eval=geneval, eval=prompts): image i
+and is drawn from gtr.sampler.image_generator(seed, i), so it is the same however the run is sharded,
+ranked or restarted (bit for bit at one batch size; another batch size changes float rounding only). Text-to-image (a prompts eval set: eval=geneval, eval=prompts): image i
 shows prompt i // eval.samples_per_prompt, its "label" is that prompt index, and the T5 states of the
-prompts are computed per batch (gtr/build.py text_conditions).
+prompts are computed per batch (gtr/prompts.py text_conditions).
 
 Shards: images [s * shard_size, (s + 1) * shard_size) form shard s; with W processes (torchrun's RANK and
 WORLD_SIZE, or rank=/world_size=) rank r makes the shards s with s % W == r (strided, so ranks finish
@@ -25,18 +25,18 @@ was making. Rank 0 assembles samples.npz once every shard exists: under torchrun
 others; with ranks started by hand, run rank 0 last (or again).
 
 Outputs, in outputs/<model>/<method>_cfg.._seed.._<eval>_<hash>/ (the hash covers every setting that
-changes an image, gtr/build.py image_settings): images/NNNNNN.png, shards/, samples.npz (ADM layout: uint8
-NHWC `arr_0` in index order, plus `labels`), grid.png, run.json (resolved config and provenance), and
-Hydra's .hydra/ and sample.log. FID/IS: python -m eval.fid RUN/samples.npz --ref-stats STATS.npz
+changes an image, gtr/runs.py image_settings): images/NNNNNN.png, shards/, samples.npz (ADM layout: uint8
+NHWC `arr_0` in index order, plus `labels`), grid.png (captioned), run.json (resolved config, provenance,
+and every attempt: sessions/), and Hydra's .hydra/ and sample.log. Every value is checked before any
+work: a refused command prints one line and leaves no folder. FID/IS: python -m eval.fid RUN/samples.npz --ref-stats STATS.npz
 """
 import json
 import math
 import os
-import platform
 import sys
+import textwrap
 import time
 import zipfile
-from contextlib import nullcontext
 from pathlib import Path
 
 import hydra
@@ -44,44 +44,20 @@ import numpy as np
 import torch
 from hydra.core.hydra_config import HydraConfig
 from omegaconf import OmegaConf
-from PIL import Image
 from tqdm import tqdm
 
+from gtr.config import ConfigError, check_values, compose, register_resolvers, split_argv
+from gtr.images import save_grid, save_png
+from gtr.load import build_model, decoder, describe_weights, model_on_meta
+from gtr.prompts import is_prompt_eval, text_conditions
+from gtr.runs import (check_run, device_name, generate, git_commit, image_settings, make_labels, num_images,
+                      pick_device, settings_hash)
+
 ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT))  # run from a checkout, uninstalled
-
-from gtr.build import (ConfigError, build_method, build_model, decoder, git_commit, image_settings,  # noqa: E402
-                       is_prompt_eval, num_images, prompt_file, read_prompt_texts, settings_hash,
-                       text_conditions)
-from gtr.sampler import image_generator, sample  # noqa: E402
-
-DTYPES = {"fp32": None, "bf16": torch.bfloat16, "fp16": torch.float16}
 FIXED_TIME = (1980, 1, 1, 0, 0, 0)  # zip entry time: the same npz bytes for the same images
 
 
 # ---------------------------------------------------------------- what to make
-def make_labels(n, num_classes, balanced, labels=None, eval_name="eval"):
-    """Class label of every image index (n,).
-
-    `labels` given: cycled over the images. Else, when n is a multiple of the classes, MAR's protocol:
-    np.arange(classes).repeat(n // classes) (class-major: images 0..49 are class 0 for FID-50K); else,
-    unless the eval set requires balance, labels spread evenly over the classes.
-    """
-    if n < 1:
-        raise ConfigError(f"n must be a positive number of images, got {n}")
-    if labels is not None:
-        labels = np.asarray(list(labels), dtype=np.int64)
-        if labels.size == 0 or labels.min() < 0 or labels.max() >= num_classes:
-            raise ConfigError(f"labels must be class ids in [0, {num_classes}), got {labels.tolist()}")
-        return labels[np.arange(n) % len(labels)]
-    if n % num_classes == 0:
-        return np.arange(num_classes, dtype=np.int64).repeat(n // num_classes)
-    if balanced:
-        raise ConfigError(f"eval={eval_name} needs the same number of images per class: n={n} is not a "
-                          f"multiple of the {num_classes} classes (e.g. n={num_classes * max(1, n // num_classes)})")
-    return np.linspace(0, num_classes - 1, n).astype(np.int64)
-
-
 def shard_range(s, shard_size, n):
     return range(s * shard_size, min(n, (s + 1) * shard_size))
 
@@ -99,20 +75,6 @@ def rank_and_world(cfg):
     return rank, world
 
 
-def pick_device(name):
-    if name == "auto":
-        if torch.cuda.is_available():
-            return torch.device("cuda", int(os.environ.get("LOCAL_RANK", 0)))
-        return torch.device("cpu")
-    try:
-        device = torch.device(name)
-    except RuntimeError:
-        raise ConfigError(f"device must be auto, cpu, cuda or cuda:N, got {name!r}") from None
-    if device.type == "cuda" and not torch.cuda.is_available():
-        raise ConfigError(f"device={name} but CUDA is not available here; use device=cpu")
-    return device
-
-
 # ---------------------------------------------------------------- files
 def save_atomic(path, write):
     """write(tmp_path) then rename: a reader never sees a half-written file (the temporary name is per
@@ -120,11 +82,6 @@ def save_atomic(path, write):
     tmp = path.with_name(f"{path.name}.{os.getpid()}.tmp")
     write(tmp)
     os.replace(tmp, path)
-
-
-def save_png(image, path):
-    """uint8 (H, W, C) -> PNG (grey when C == 1)."""
-    Image.fromarray(image[..., 0] if image.shape[-1] == 1 else image).save(path)
 
 
 def write_shard(out, s, indices, labels, images, tokens=None):
@@ -169,40 +126,32 @@ def write_npz(path, shards, shape, labels):
     save_atomic(path, write)
 
 
-def save_grid(images, path, pad=2):
-    """The images (k, H, W, C) tiled in a near-square grid."""
-    k, h, w, c = images.shape
-    cols = math.ceil(math.sqrt(k))
-    rows = math.ceil(k / cols)
-    grid = np.zeros((rows * (h + pad) + pad, cols * (w + pad) + pad, c), dtype=np.uint8)
-    for i, image in enumerate(images):
-        y, x = pad + (i // cols) * (h + pad), pad + (i % cols) * (w + pad)
-        grid[y:y + h, x:x + w] = image
-    save_png(grid, path)
-
-
 # ---------------------------------------------------------------- provenance
-def device_name(device):
-    if device.type == "cuda":
-        return torch.cuda.get_device_name(device)
-    return f"cpu ({platform.processor() or platform.machine()}, {torch.get_num_threads()} threads)"
+def write_session(out, session):
+    """This invocation's record (images made, seconds), rewritten after every shard, so a killed attempt
+    keeps what it made: sessions/<start>_rank<r>_<pid>.json."""
+    path = out / "sessions" / session["file"]
+    path.parent.mkdir(exist_ok=True)
+    save_atomic(path, lambda tmp: tmp.write_text(json.dumps(session, indent=1) + "\n"))
 
 
-def write_run_json(out, cfg, device, world, status, session=None):
-    """run.json: the resolved config and provenance; `sessions` lists every invocation (a resumed run has
-    several), each with the images it made and how fast."""
-    path = out / "run.json"
-    sessions = json.loads(path.read_text()).get("sessions", []) if path.is_file() else []
+def write_run_json(out, cfg, device, world, status, weights):
+    """run.json: the resolved config and provenance; `sessions` lists every attempt of every rank (a
+    resumed run has several), each with the images it made and how long it took; `weights` names the
+    checkpoint and VAE files (URL, entry, sha256)."""
+    sessions = sorted((json.loads(p.read_text()) for p in (out / "sessions").glob("*.json")),
+                      key=lambda r: (r["started"], r["rank"]))
     record = {
         "status": status, "table": cfg.table, "key": cfg.key, "model": cfg.model.key, "method": cfg.method.name,
         "num_images": num_images(cfg), "seed": cfg.seed, "batch_size": cfg.batch_size, "world_size": world,
         "device": device_name(device), "dtype": cfg.dtype, "tf32": cfg.tf32,
         "torch_version": torch.__version__, "git_commit": git_commit(),
         "command": " ".join([Path(sys.argv[0]).name] + sys.argv[1:]), "settings_hash": settings_hash(cfg),
-        "out_dir": str(out), "sessions": sessions + ([session] if session else []),
+        "out_dir": str(out), "images_made": sum(r["images"] for r in sessions),
+        "seconds": round(sum(r["seconds"] for r in sessions), 3), "sessions": sessions, "weights": weights,
         "config": OmegaConf.to_container(cfg, resolve=True),
     }
-    save_atomic(path, lambda tmp: tmp.write_text(json.dumps(record, indent=2, default=str) + "\n"))
+    save_atomic(out / "run.json", lambda tmp: tmp.write_text(json.dumps(record, indent=2, default=str) + "\n"))
 
 
 def start_wandb(cfg, out):
@@ -236,11 +185,7 @@ def check_meta(out, cfg, shard_size, device):
 
 
 def setup(cfg):
-    """Check the plain settings and prepare the device: (rank, world, device)."""
-    if cfg.dtype not in DTYPES:
-        raise ConfigError(f"dtype must be one of {sorted(DTYPES)}, got {cfg.dtype!r}")
-    if int(cfg.batch_size) < 1 or int(cfg.shard_size) < 1:
-        raise ConfigError(f"batch_size ({cfg.batch_size}) and shard_size ({cfg.shard_size}) must be positive")
+    """Prepare the device: (rank, world, device). The values were checked (gtr.runs.check_run)."""
     if cfg.threads:
         torch.set_num_threads(int(cfg.threads))
     rank, world = rank_and_world(cfg)
@@ -250,27 +195,6 @@ def setup(cfg):
         torch.backends.cuda.matmul.allow_tf32 = bool(cfg.tf32)
         torch.backends.cudnn.allow_tf32 = bool(cfg.tf32)
     return rank, world, device
-
-
-def make_shard(cfg, model, method, decode, labels, indices, progress, condition=torch.as_tensor):
-    """Images (k, H, W, C) uint8 and, with eval.save_tokens, tokens (k, L, C) of the given image indices;
-    progress(number of images) after each batch. condition(labels of a batch) is the model's condition
-    input: the class ids themselves (MAR), or the T5 states of the prompts (LightGen)."""
-    amp = DTYPES[cfg.dtype]
-    images, tokens = [], []
-    for b in range(0, len(indices), int(cfg.batch_size)):
-        batch = indices[b:b + int(cfg.batch_size)]
-        generators = [image_generator(cfg.seed, i) for i in batch]
-        with torch.no_grad():
-            cond = condition(labels[batch])
-        with torch.autocast(model.fake_latent.device.type, dtype=amp) if amp else nullcontext():
-            x = sample(model, method, cond, generators, cfg=cfg.cfg,
-                       cfg_schedule=cfg.cfg_schedule, temperature=cfg.temperature)
-            images.append(decode(x).numpy())
-        if cfg.eval.get("save_tokens"):
-            tokens.append(x.float().cpu().numpy())
-        progress(len(batch))
-    return np.concatenate(images), np.concatenate(tokens) if tokens else None
 
 
 def wait_for_shards(out, num_shards, launched_together):
@@ -283,7 +207,7 @@ def wait_for_shards(out, num_shards, launched_together):
 
 
 def assemble(cfg, out, num_shards, n, labels):
-    """samples.npz (all images in index order) and grid.png, from the shards."""
+    """samples.npz (all images in index order) and grid.png (captioned), from the shards."""
     def shards():
         for s in range(num_shards):
             with np.load(shard_path(out, s)) as d:
@@ -294,35 +218,33 @@ def assemble(cfg, out, num_shards, n, labels):
         grid.append(images)
         if sum(map(len, grid)) >= cfg.grid_images:
             break
-    save_grid(np.concatenate(grid)[:cfg.grid_images], out / "grid.png")
+    shown = np.concatenate(grid)[:cfg.grid_images]
+    if len(shown):
+        columns = math.ceil(math.sqrt(len(shown)))
+        caption = (f"{cfg.model.key} {cfg.method.tag} cfg {cfg.cfg} seed {cfg.seed}: images 0-{len(shown) - 1}, "
+                   f"{columns} a row; {'prompt' if is_prompt_eval(cfg.eval) else 'class'} of each: "
+                   + " ".join(str(v) for v in labels[:len(shown)]))
+        width = columns * (shown.shape[2] + 2) // 6  # characters a line: the caption font is ~6 px wide
+        save_grid(shown, out / "grid.png", columns, "\n".join(textwrap.wrap(caption, max(20, width))))
 
 
-def run(cfg):
+def run(cfg, out):
+    """Make (or finish) the run of `cfg` in the folder `out`. Every check comes before any weights load."""
+    method = check_run(cfg, model_on_meta(cfg.model))
     rank, world, device = setup(cfg)
-    text = is_prompt_eval(cfg.eval)
-    if text != (cfg.model.get("arch", "mar") == "lightgen"):  # checked before building a large model
-        raise ConfigError(f"model {cfg.model.key} is class-conditional; eval={cfg.eval.name} (prompts) needs a "
-                          "text-to-image model (model=lightgen)" if text else
-                          f"model {cfg.model.key} is text-to-image: choose a prompts eval set (eval=geneval "
-                          "eval.prompts=PATH, or eval=prompts eval.prompts=FILE.txt)")
-    if text:
-        read_prompt_texts(prompt_file(cfg.eval))  # a missing or malformed prompts file fails here
     model = build_model(cfg.model, device, checkpoint=cfg.checkpoint)
-    method = build_method(cfg.method, grid=(model.seq_h, model.seq_w))
+    weights = describe_weights(cfg.model, cfg.checkpoint)  # file, URL, entry and sha256 of what was loaded
     n, shard_size = num_images(cfg), int(cfg.shard_size)
-    if text:  # text-to-image: "labels" are prompt indices (image i: prompt i // samples per prompt)
-        labels, condition = text_conditions(cfg, model, device)
+    if is_prompt_eval(cfg.eval):  # text-to-image: "labels" are prompt indices (image i: prompt i // per prompt)
+        labels, condition = text_conditions(cfg, model, device, n)
     else:
         labels = make_labels(n, model.config.class_num, cfg.eval.get("balanced", False), cfg.labels, cfg.eval.name)
         condition = torch.as_tensor
     decode = decoder(cfg.model, model, device)
 
-    out = Path(HydraConfig.get().runtime.output_dir)
     (out / "images").mkdir(parents=True, exist_ok=True)
     (out / "shards").mkdir(exist_ok=True)
     check_meta(out, cfg, shard_size, device)
-    if rank == 0:
-        write_run_json(out, cfg, device, world, "running")
     num_shards = math.ceil(n / shard_size)
     mine = [s for s in range(num_shards) if s % world == rank]  # strided: ranks finish together
     todo = [s for s in mine if not shard_done(out, s, np.array(shard_range(s, shard_size, n)),
@@ -330,21 +252,32 @@ def run(cfg):
     print(f"{out}\n{n} images in {num_shards} shards; rank {rank}/{world}: {len(mine)} shards, "
           f"{len(mine) - len(todo)} already done", flush=True)
 
+    start = time.time()
+    session = {"file": f"{time.strftime('%Y%m%dT%H%M%S', time.localtime(start))}_rank{rank}_{os.getpid()}.json",
+               "started": time.strftime("%Y-%m-%dT%H:%M:%S", time.localtime(start)), "rank": rank,
+               "images": 0, "seconds": 0.0, "device": device_name(device), "batch_size": int(cfg.batch_size),
+               "world_size": world, "git_commit": git_commit()}
+    if todo:
+        write_session(out, session)
+    if rank == 0:
+        write_run_json(out, cfg, device, world, "running", weights)
     wb = start_wandb(cfg, out) if rank == 0 else None
-    made, start = 0, time.time()
     total = sum(len(shard_range(s, shard_size, n)) for s in todo)
     with tqdm(total=total, unit="img", desc=f"{cfg.model.key} {cfg.method.name}", disable=rank != 0) as bar:
         for s in todo:
             indices = list(shard_range(s, shard_size, n))
-            images, tokens = make_shard(cfg, model, method, decode, labels, indices, bar.update, condition)
+            images, tokens = generate(cfg, model, method, decode, labels, indices, bar.update, condition)
             if cfg.save_png:
                 for i, image in zip(indices, images):
                     save_png(image, out / "images" / f"{i:06d}.png")
             write_shard(out, s, indices, labels[indices], images, tokens)  # last: marks the shard done
-            made += len(indices)
+            session.update(images=session["images"] + len(indices), seconds=round(time.time() - start, 3))
+            write_session(out, session)
+            if rank == 0:
+                write_run_json(out, cfg, device, world, "running", weights)
             if wb is not None:
-                wb.log({"images": made, "images_per_s": made / (time.time() - start), "shard": s})
-    seconds = time.time() - start
+                wb.log({"images": session["images"], "images_per_s": session["images"] / session["seconds"],
+                        "shard": s})
 
     if rank != 0:
         print(f"rank {rank}: its shards are done; rank 0 assembles samples.npz", flush=True)
@@ -354,10 +287,7 @@ def run(cfg):
               "are, to assemble samples.npz", flush=True)
         return
     assemble(cfg, out, num_shards, n, labels)
-    write_run_json(out, cfg, device, world, "done", session=None if not made else {
-        "started": time.strftime("%Y-%m-%dT%H:%M:%S", time.localtime(start)), "images": made,
-        "seconds": round(seconds, 3), "images_per_s": round(made / seconds, 4) if seconds else None,
-        "device": device_name(device), "batch_size": int(cfg.batch_size), "world_size": world})
+    write_run_json(out, cfg, device, world, "done", weights)
     if wb is not None:
         import wandb
         wb.log({"grid": wandb.Image(str(out / "grid.png"))})
@@ -365,13 +295,43 @@ def run(cfg):
     print(f"wrote {out / 'samples.npz'} ({n} images), grid.png, run.json", flush=True)
 
 
+def remove_new_folder(out, root):
+    """Remove a run folder this refused invocation created (it holds only Hydra's files), and the empty
+    folders above it up to `root`: a refused command leaves nothing behind."""
+    import shutil
+    if (out / "run.json").exists() or (out / "shards").exists() or not out.is_dir():
+        return
+    shutil.rmtree(out, ignore_errors=True)
+    root = Path(root).resolve()
+    parent = out.parent.resolve()
+    while parent != root and root in parent.parents and not any(parent.iterdir()):
+        parent.rmdir()
+        parent = parent.parent
+
+
 @hydra.main(config_path=str(ROOT / "configs"), config_name="sample", version_base="1.3")
 def main(cfg):
+    out = Path(HydraConfig.get().runtime.output_dir)
     try:
-        run(cfg)
+        run(cfg, out)
     except ConfigError as e:
+        remove_new_folder(out, cfg.out_root)
         sys.exit(f"error: {e}")
 
 
-if __name__ == "__main__":
+def cli():
+    """The command line: every job it describes is composed and its values checked first (one line per
+    problem, before Hydra makes a run folder), then Hydra runs it."""
+    register_resolvers()
+    overrides, multirun = split_argv(sys.argv[1:])
+    if overrides is not None:
+        try:
+            for job in compose(overrides, multirun):
+                check_values(job)
+        except ConfigError as e:
+            sys.exit(f"error: {e}")
     main()
+
+
+if __name__ == "__main__":
+    cli()

@@ -16,9 +16,8 @@ import time
 
 import torch
 
-sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-from gtr.models.mar import build_mar  # noqa: E402
-from gtr.tiny import load_tokens  # noqa: E402
+from gtr.models.mar import build_mar
+from gtr.tiny import load_tokens
 
 
 def parse_args(argv=None):

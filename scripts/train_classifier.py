@@ -18,9 +18,8 @@ from pathlib import Path
 import torch
 import torch.nn.functional as F
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-from eval.classifier import ARCH, WEIGHTS_PATH, FmnistCNN, preprocess  # noqa: E402
-from gtr.data import load_fashion_mnist  # noqa: E402
+from eval.classifier import ARCH, WEIGHTS_PATH, FmnistCNN, preprocess
+from gtr.data import load_fashion_mnist
 
 
 def augment(x: torch.Tensor, gen: torch.Generator) -> torch.Tensor:

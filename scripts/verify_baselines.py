@@ -51,15 +51,13 @@ import types
 import numpy as np
 import torch
 
-sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from verify_official import Recorder, import_official, perturb  # noqa: E402  (also puts the repo on sys.path)
-from verify_lazymar import info, measures, patched, report  # noqa: E402
+from eval.official import Recorder, import_official, info, measures, patched, perturb, report
 
-from baselines.disa import DISA_CLIP_TIMESTEPS, disa, disa_steps  # noqa: E402
-from baselines.halton import HaltonOrder, halton  # noqa: E402
-from gtr.models.diffusion import sampling_diffusion  # noqa: E402
-from gtr.models.mar import build_mar  # noqa: E402
-from gtr.sampler import image_generator, sample  # noqa: E402
+from baselines.disa import DISA_CLIP_TIMESTEPS, disa, disa_steps
+from baselines.halton import HaltonOrder, halton
+from gtr.models.diffusion import sampling_diffusion
+from gtr.models.mar import build_mar
+from gtr.sampler import image_generator, sample
 
 HALTON = "valeoai/Halton-MaskGIT"
 DISA = "Qinyu-Allen-Zhao/DiSA"

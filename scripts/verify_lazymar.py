@@ -41,7 +41,6 @@ head's samples reach 1e4-1e5 and cancel, which amplifies that to ~1e-3 in the fi
 Prints one line per check ("ok" / "FAIL" / "info") and exits non-zero if any fails.
 """
 import argparse
-import contextlib
 import functools
 import importlib
 import os
@@ -53,14 +52,13 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from verify_official import Recorder, import_official, perturb  # noqa: E402  (also puts the repo on sys.path)
+from eval.official import Recorder, import_official, info, measures, patched, perturb, report
 
-from baselines.lazymar import LazyHead, lazymar  # noqa: E402
-from gtr.method import PlainHead  # noqa: E402
-from gtr.models.diffusion import sample_head, sampling_diffusion  # noqa: E402
-from gtr.models.mar import build_mar  # noqa: E402
-from gtr.sampler import cfg_scale, sample  # noqa: E402
+from baselines.lazymar import LazyHead, lazymar
+from gtr.method import PlainHead
+from gtr.models.diffusion import sample_head, sampling_diffusion
+from gtr.models.mar import build_mar
+from gtr.sampler import cfg_scale, sample
 
 # Small model; 16x16 tokens and buffer 64 because the official caches hard-code 64 + 256 = 320 rows.
 WIDTH, HEADS, DEPTH, HEAD_DEPTH, HEAD_WIDTH, BUFFER, CLASSES = 64, 4, 6, 6, 64, 64, 10
@@ -76,26 +74,6 @@ STAGES = [
     ("encoder + pruning + CFG caches", False, True, None, dict(head_cache=False)),
     ("full LazyMAR", True, True, None, {}),
 ]
-
-
-def measures(ours, theirs):
-    """max |a - b| and max |a - b| / (|b| + 1)."""
-    diff = (ours.double() - theirs.double()).abs()
-    return diff.max().item(), (diff / (theirs.double().abs() + 1)).max().item()
-
-
-def report(name, ours, theirs, tol, failures, note=""):
-    diff, rel = measures(ours, theirs)
-    ok = rel <= tol
-    print(f"{'ok  ' if ok else 'FAIL'} {name}: max|diff| {diff:.3e}, max|diff|/(|official|+1) {rel:.3e} "
-          f"(max|official| {theirs.abs().max().item():.3e}){note}", flush=True)
-    if not ok:
-        failures.append(name)
-    return rel
-
-
-def info(text):
-    print(f"info {text}", flush=True)
 
 
 # ---------------------------------------------------------------- models
@@ -121,16 +99,6 @@ def random_weights(mar_cache, diff_steps, scale, seed):
 
 
 # ---------------------------------------------------------------- official run, recorded
-@contextlib.contextmanager
-def patched(obj, name, value):
-    old = getattr(obj, name)
-    setattr(obj, name, value)
-    try:
-        yield
-    finally:
-        setattr(obj, name, old)
-
-
 def run_official(model, basic, labels, num_iter, cfg, transformer_caches, ratios, seed):
     """Official sample_tokens; records its order, every randn, per step z, full / lazy, the positions
     predicted and the new tokens, and per lazy step the decoder positions kept after layer 3 with the

@@ -24,12 +24,11 @@ import tempfile
 import numpy as np
 import torch
 
-sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-from gtr.checkpoints import load_mar  # noqa: E402
-from gtr.method import mar  # noqa: E402
-from gtr.models.lightgen import build_lightgen  # noqa: E402
-from gtr.sampler import sample  # noqa: E402
-from scripts.verify_official import Recorder, check, import_official, perturb  # noqa: E402
+from eval.official import Recorder, check, import_official, perturb
+from gtr.checkpoints import load_mar
+from gtr.method import mar
+from gtr.models.lightgen import build_lightgen
+from gtr.sampler import sample
 
 SMALL = dict(width=32, depth=2, num_heads=2, text_depth=2, caption_channels=24, max_length=6, pos_grid=16,
              diffloss_d=2, diffloss_w=48)

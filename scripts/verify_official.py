@@ -16,7 +16,6 @@ Prints one line per check and exits non-zero if any fails.
 """
 import argparse
 import functools
-import importlib
 import os
 import sys
 import tempfile
@@ -24,39 +23,14 @@ import tempfile
 import numpy as np
 import torch
 
-sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-from gtr.checkpoints import load_mar  # noqa: E402
-from gtr.method import mar  # noqa: E402
-from gtr.models.mar import build_mar  # noqa: E402
-from gtr.sampler import sample  # noqa: E402
+from eval.official import Recorder, check, import_official, perturb
+from gtr.checkpoints import load_mar
+from gtr.method import mar
+from gtr.models.mar import build_mar
+from gtr.sampler import sample
 
 SIZES = {"mar_base": "mar_base", "mar_large": "mar_large", "mar_huge": "mar_huge"}
 HEAD = {"mar_base": (6, 1024), "mar_large": (8, 1280), "mar_huge": (12, 1536)}
-
-
-def import_official(path, module="models.mar", repo="LTH14/mar"):
-    """The official `module` imported from the checkout at `path` (its CUDA calls made no-ops)."""
-    if not os.path.isfile(os.path.join(path, *module.split(".")) + ".py"):
-        sys.exit(f"{path} is not a {repo} checkout ({module.replace('.', '/')}.py missing)")
-    torch.Tensor.cuda = lambda self, *a, **k: self  # the official code calls .cuda() everywhere
-    sys.path.insert(0, path)
-    return importlib.import_module(module)
-
-
-def perturb(model, generator, scale=0.02):
-    """Give every parameter random values so zero-initialised layers are exercised too."""
-    with torch.no_grad():
-        for p in model.parameters():
-            p.add_(torch.randn(p.shape, generator=generator) * scale)
-
-
-def check(name, ours, theirs, tol, failures):
-    diff = (ours.float() - theirs.float()).abs().max().item()
-    scale = theirs.float().abs().max().item()
-    ok = diff <= tol * max(1.0, scale)
-    print(f"{'ok  ' if ok else 'FAIL'} {name}: max|diff| {diff:.3e} (max|value| {scale:.3e})", flush=True)
-    if not ok:
-        failures.append(name)
 
 
 def compare_model(official_mar, size, tol, failures, tmp):
@@ -90,31 +64,6 @@ def compare_model(official_mar, size, tol, failures, tmp):
         x, t, c = torch.randn(8, 16, generator=g), torch.randint(0, 1000, (8,), generator=g), z_theirs[0, :8]
         check(f"{size} diffusion head output", ours.head(x, t, c), theirs.diffloss.net(x, t, c), tol, failures)
     del theirs, ours
-
-
-class Recorder:
-    """Record every torch.randn / randn_like the official sampler draws, in order."""
-
-    def __init__(self):
-        self.draws = []
-
-    def __enter__(self):
-        self.randn, self.randn_like = torch.randn, torch.randn_like
-
-        def randn(*a, **k):
-            out = self.randn(*a, **k)
-            self.draws.append(out.clone())
-            return out
-
-        def randn_like(x, **k):
-            out = self.randn_like(x, **k)
-            self.draws.append(out.clone())
-            return out
-        torch.randn, torch.randn_like = randn, randn_like
-        return self
-
-    def __exit__(self, *exc):
-        torch.randn, torch.randn_like = self.randn, self.randn_like
 
 
 def compare_sampler(official_mar, tol, failures, num_iter=8, diff_steps=10, cfg=2.5, bsz=3):

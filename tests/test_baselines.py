@@ -4,11 +4,10 @@ import math
 import pytest
 import torch
 
-from baselines.disa import DISA_CFG, DISA_CLIP_TIMESTEPS, DiSASteps, disa, disa_steps
+from baselines.disa import DISA_CLIP_TIMESTEPS, DiSASteps, disa, disa_steps
 from baselines.halton import HaltonCounts, HaltonOrder, halton, halton_arccos_counts, halton_cells
-from baselines.orders import RasterOrder, SubsampleOrder, quadrants, raster, subsample
-from baselines.step_reduction import step_reduction
-from gtr.method import mar_cosine_counts
+from baselines.orders import RasterOrder, SubsampleOrder, quadrants
+from gtr.method import ConstantSteps, CosineCounts, Method, mar, mar_cosine_counts
 from gtr.models.mar import build_mar
 from gtr.sampler import image_generator, sample
 
@@ -39,14 +38,13 @@ def is_permutation(order, n):
 
 # ---------------------------------------------------------------- step reduction
 def test_step_reduction_is_mar_with_fewer_steps():
-    method = step_reduction(16)
-    assert method.name == "step16"
+    method = mar(16)
     # fact: REFERENCE section 1 (LTH14/mar sample_tokens, N=16 on 256 tokens)
     assert method.counts((16, 16)) == [2, 3, 7, 8, 11, 13, 15, 16, 19, 20, 22, 23, 23, 25, 24, 25]
-    assert step_reduction(8).counts((16, 16)) == [5, 15, 24, 31, 39, 45, 48, 49]
+    assert mar(8).counts((16, 16)) == [5, 15, 24, 31, 39, 45, 48, 49]
     assert method.steps(None, None) == [(None, 100)]
     with pytest.raises(ValueError, match="num_iter"):
-        step_reduction(0)
+        mar(0)
 
 
 # ---------------------------------------------------------------- Halton
@@ -166,7 +164,6 @@ def test_disa_rejects_bad_settings():
 
 def test_disa_constants():
     assert DISA_CLIP_TIMESTEPS == 950  # fact: MAR_DiSA/diffusion/__init__.py
-    assert DISA_CFG == {"mar_base": 2.9, "mar_large": 3.0, "mar_huge": 3.3}  # fact: DiSA README 3.1
     method = disa()
     assert method.name == "disa" and method.counts((16, 16)) == mar_cosine_counts(256, 64)
 
@@ -232,12 +229,12 @@ def test_subsample_order_odd_grids(grid):
 
 # ---------------------------------------------------------------- every factory
 FACTORIES = {
-    "step4": lambda: step_reduction(4, diffusion_steps=4),
+    "step4": lambda: mar(4, diffusion_steps=4),
     "halton": lambda: halton(4, diffusion_steps=4),
     "halton-cosine-roll": lambda: halton(4, schedule="cosine", roll=True, diffusion_steps=4),
     "disa": lambda: disa(4, upper=6, lower=2),
-    "raster": lambda: raster(4),
-    "subsample": lambda: subsample(4),
+    "raster": lambda: Method(RasterOrder(), CosineCounts(4), ConstantSteps(100)),
+    "subsample": lambda: Method(SubsampleOrder(), CosineCounts(4), ConstantSteps(100)),
 }
 
 

@@ -1,7 +1,6 @@
 """The Hydra config tree (configs/): every model x method composes and builds, every method samples on
 the tiny model and fills each position exactly once, slot swaps compose, invalid pairs are refused, the
 experiment files compose row by row, and a `-m` sweep runs end to end."""
-import importlib
 import importlib.util
 import json
 import sys
@@ -10,17 +9,21 @@ from pathlib import Path
 import pandas as pd
 import pytest
 import torch
-from hydra import compose, initialize_config_dir
+from hydra import compose as hydra_compose, initialize_config_dir
 from hydra.core.global_hydra import GlobalHydra
 from hydra.types import RunMode
 from omegaconf import OmegaConf
 
-from gtr.build import ConfigError, build_method, build_model, settings_hash
+from gtr.build import build_method
+from gtr.config import ConfigError, compose, register_resolvers
+from gtr.load import build_model
+from gtr.runs import settings_hash
 from gtr.models.lightgen import MODEL_CONFIGS as LIGHTGEN_CONFIGS, LightGenConfig
 from gtr.models.mar import MODEL_CONFIGS, MARConfig
 from gtr.sampler import image_generator, sample
 
 torch.set_num_threads(1)
+register_resolvers()  # run_name's ${gtr_hash:}, as every entry point registers it
 
 ROOT = Path(__file__).resolve().parents[1]
 CONFIGS = ROOT / "configs"
@@ -37,7 +40,7 @@ REQUIRED_METHODS = {"mar", "step16", "step8", "halton", "halton_cosine", "disa",
 
 def cfg_of(*overrides, hydra_node=False):
     with initialize_config_dir(config_dir=str(CONFIGS), version_base="1.3"):
-        return compose("sample", overrides=list(overrides), return_hydra_config=hydra_node)
+        return hydra_compose("sample", overrides=list(overrides), return_hydra_config=hydra_node)
 
 
 def grid_of(cfg):
@@ -48,16 +51,6 @@ def grid_of(cfg):
 
 def targets(cfg):
     return {slot: cfg.method[slot]._target_ for slot in ("order", "counts", "steps", "cache")}
-
-
-def skip_if_missing(cfg):
-    """Skip (with the reason) when a slot's module is not written yet; composing already passed."""
-    for slot, target in targets(cfg).items():
-        module = target.rsplit(".", 1)[0]
-        try:
-            importlib.import_module(module)
-        except ImportError as e:
-            pytest.skip(f"{cfg.method.name}: {slot} slot module {module} is not importable yet ({e})")
 
 
 def test_the_tree_has_what_the_brief_asks():
@@ -75,7 +68,6 @@ def test_every_model_and_method_composes_and_builds(model, method):
     for slot, target in targets(cfg).items():
         assert target, f"{method}: empty {slot} target"
     assert "gtr_hash" not in cfg.run_name and cfg.model.key in cfg.run_name  # resolves, encodes the model
-    skip_if_missing(cfg)
     built = build_method(cfg.method, grid=grid_of(cfg))  # dry-runs order and counts on the model's grid
     assert built.name == method
 
@@ -94,7 +86,6 @@ def test_every_slot_option_composes_into_mar(slot, option):
     assert cfg.method.name == "mar"
     expected = OmegaConf.load(CONFIGS / "method" / slot / f"{option}.yaml")._target_
     assert cfg.method[slot]._target_ == expected
-    skip_if_missing(cfg)
     build_method(cfg.method, grid=(16, 16))
 
 
@@ -123,7 +114,6 @@ def test_paper_budgets():
     """The counts the method files give on MAR's 16x16 grid (REFERENCE sections 3, 4, 4b)."""
     def counts(method, *extra):
         cfg = cfg_of("model=mar_h", f"method={method}", *extra)
-        skip_if_missing(cfg)
         return build_method(cfg.method, grid=(16, 16)).counts((16, 16))
     assert len(counts("mar")) == 64 and counts("step16") == [2, 3, 7, 8, 11, 13, 15, 16, 19, 20, 22, 23, 23, 25,
                                                               24, 25]
@@ -132,13 +122,16 @@ def test_paper_budgets():
     assert counts("halton") == [10, 10, 10, 11, 10, 11, 11, 12, 12, 13, 13, 15, 16, 19, 25, 58]
 
 
-def test_disa_clips_like_its_code():
-    cfg = cfg_of("method=disa")
-    pytest.importorskip("baselines.disa")
+def test_the_clip_lives_in_the_steps_slot():
+    """The diffusion process (its timestep clip) is the steps slot's: build_method alone gives it."""
     from baselines.disa import DISA_CLIP_TIMESTEPS
-    assert cfg.method.clip_timesteps == DISA_CLIP_TIMESTEPS
-    assert cfg_of("method=gtr_fast").method.clip_timesteps == 950
-    assert cfg_of("method=mar").method.clip_timesteps is None
+    def clip(*overrides):
+        return build_method(cfg_of(*overrides).method).steps.clip_timesteps
+    assert clip("method=disa") == DISA_CLIP_TIMESTEPS and clip("method=gtr_fast") == 950
+    assert clip("method=mar") is None and clip("model=mar_b", "method=gtr") is None
+    # the tiny model's config gives every method its clip (its samples need it), a method's own wins
+    assert clip("model=tiny", "method=mar") == 950 and clip("model=tiny", "method=gtr") == 950
+    assert clip("model=tiny", "method=mar", "method.clip_timesteps=null") is None
 
 
 # ---------------------------------------------------------------- refusals
@@ -150,7 +143,6 @@ def test_stage_mismatch_is_refused():
 
 def test_a_parameter_for_another_slot_class_is_refused_clearly():
     cfg = cfg_of("method=gtr_nofts", "method/steps=disa")
-    skip_if_missing(cfg)
     with pytest.raises(ConfigError, match=r"steps slot baselines.disa.DiSASteps: .*unexpected keyword argument 'fts'"):
         build_method(cfg.method)
 
@@ -166,7 +158,6 @@ def test_a_method_that_does_not_fit_the_grid_is_refused():
 
 def test_disa_steps_without_the_clip_are_flagged(caplog):
     cfg = cfg_of("method=gtr", "method/steps=disa")
-    skip_if_missing(cfg)
     build_method(cfg.method)
     assert "caps timesteps at 950" in caplog.text
 
@@ -178,10 +169,14 @@ def test_a_slot_without_target_is_refused():
         build_method(cfg.method)
 
 
-def test_missing_checkpoint_says_how_to_get_it(tmp_path):
-    cfg = cfg_of("model=tiny", f"checkpoint={tmp_path / 'nope.pth'}")
-    with pytest.raises(ConfigError, match="(?s)does not exist.*scripts/train.py.*model.random_init=true"):
+def test_missing_checkpoint_advice_fits_the_cause(tmp_path):
+    cfg = cfg_of("model=tiny", f"checkpoint={tmp_path / 'nope.pth'}")  # a path typed wrong: check it
+    with pytest.raises(ConfigError, match="does not exist \\(check the path\\)") as e:
         build_model(cfg.model, checkpoint=cfg.checkpoint)
+    assert "train.py" not in str(e.value) and "model.random_init=true" in str(e.value)
+    cfg = cfg_of("model=tiny", f"model.checkpoint={tmp_path / 'nope.pth'}")  # the model's own file: train it
+    with pytest.raises(ConfigError, match="(?s)does not exist.*scripts/train.py.*model.random_init=true"):
+        build_model(cfg.model)
 
 
 # ---------------------------------------------------------------- every method samples
@@ -200,7 +195,6 @@ def tiny_model():
 @pytest.mark.parametrize("method", METHODS)
 def test_every_method_samples_and_fills_each_position_once(method, tiny_model):
     cfg = cfg_of("model=tiny", "model.random_init=true", f"method={method}")
-    skip_if_missing(cfg)
     for key, value in FAST_STEPS[cfg.method.steps._target_].items():
         cfg.method.steps[key] = value
     if cfg.method.counts._target_ in ("gtr.method.CosineCounts", "baselines.halton.HaltonCounts"):
@@ -232,16 +226,18 @@ def test_table1_rows_compose_to_paper_keys():
     cfg, params = sweep_params("table1")
     assert cfg.hydra.mode == RunMode.MULTIRUN and cfg.eval.name == "fid50k"
     assert params["model"] == ["mar_b", "mar_l", "mar_h"] and params["+experiment/table1"] == ["glob(*)"]
-    rows = sorted(p.stem for p in (CONFIGS / "experiment" / "table1").glob("*.yaml"))
-    assert len(rows) == 12
+    rows = compose(["experiment=table1", "model=mar_h"])  # the registry's expansion of the sweep
+    assert len(rows) == 15
     keys = set()
-    for row in rows:
-        c = cfg_of("experiment=table1", "model=mar_h", f"+experiment/table1={row}")
-        assert c.table == 1 and c.model.key == "mar_h"
+    for c in rows:
+        assert c.table == 1 and c.model.key == "mar_h" and c.baseline == "mar_h/64/mar" and c.group
         keys.add(c.key)
-        if all(importlib.util.find_spec(t.rsplit(".", 1)[0]) for t in targets(c).values()):
-            build_method(c.method, grid=(16, 16))
-    assert keys == {k for k in PAPER_KEYS[1] if k.startswith("mar_h/")} | {"mar_h/step32/gtr"}  # + ours only
+        build_method(c.method, grid=(16, 16))
+    ours_only = {"mar_h/step32/gtr", "mar_h/step16/disa-it16", "mar_h/step8/disa-it8", "mar_h/64/lazymar"}
+    assert keys == {k for k in PAPER_KEYS[1] if k.startswith("mar_h/")} | ours_only
+    assert {c.key: c.compare_with for c in rows if c.key in ours_only} == {
+        "mar_h/step32/gtr": "mar_h/step16/gtr", "mar_h/step16/disa-it16": "mar_h/step16/disa",
+        "mar_h/step8/disa-it8": "mar_h/step8/disa", "mar_h/64/lazymar": None}
     for model in params["model"]:  # the key follows the swept model
         assert cfg_of("experiment=table1", f"model={model}", "+experiment/table1=s8_gtr").key == f"{model}/step8/gtr"
     c = cfg_of("experiment=table1", "model=mar_h", "+experiment/table1=s16_disa")
@@ -259,7 +255,6 @@ def test_single_model_tables_compose_to_paper_keys(table):
         keys.add(c.key)
         if c.method.counts._target_ == "gtr.gtr.StageCounts":
             assert list(c.method.counts.steps) == [16, 3, 1]  # the Table 1 "Step=16" GtR budget
-        skip_if_missing(c)
         build_method(c.method, grid=(16, 16))
     paper = PAPER_KEYS[table] - ({"table3/none"} if table == 3 else set())  # "none": no config identified
     assert keys - {"mar_h/64/mar"} == paper - {"mar_h/64/mar"}
@@ -290,9 +285,13 @@ def test_table2_rows_compose_to_paper_keys():
 
 
 def test_demo_experiment():
-    cfg, params = sweep_params("demo")
-    assert cfg.model.key == "tiny" and cfg.eval.name == "demo" and cfg.table == "demo"
-    assert set(params["method"]) <= set(METHODS)
+    rows = compose(["experiment=demo"])
+    assert len(rows) == len(list((CONFIGS / "experiment" / "demo").glob("*.yaml"))) == 21
+    for c in rows:
+        assert c.model.key == "tiny" and c.table == "demo" and c.key.startswith("tiny/") and c.n == 300
+        assert c.baseline == "tiny/mar16" and build_method(c.method).steps.clip_timesteps == 950
+    assert {c.key for c in rows if 5 in c.demo_tables} == {"tiny/gtr", "tiny/raster", "tiny/subsample", "tiny/random",
+                                                           "tiny/gtr_enc"}
 
 
 def test_run_folder_encodes_the_settings():
@@ -318,7 +317,7 @@ def test_sweep_smoke(tmp_path):
                 "method.steps.t_detail=2", f"out_root={tmp_path}", "hydra.job_logging.root.level=WARNING"]
     GlobalHydra.instance().clear()
     try:
-        script.main()
+        script.cli()
     finally:
         sys.argv = argv
         GlobalHydra.instance().clear()

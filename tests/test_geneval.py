@@ -9,6 +9,8 @@ from pathlib import Path
 import pytest
 from PIL import Image
 
+from gtr.config import ConfigError
+
 from eval import geneval as G
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -77,7 +79,7 @@ def test_read_prompts_from_env(tmp_path, monkeypatch):
 def test_read_prompts_missing_file_says_where_to_get_it(tmp_path, monkeypatch):
     monkeypatch.delenv("GENEVAL_PROMPTS", raising=False)
     for path in (tmp_path / "nope.jsonl", None):
-        with pytest.raises(G.GenEvalError) as e:
+        with pytest.raises(ConfigError) as e:
             G.read_prompts(path)
         msg = str(e.value)
         assert isinstance(e.value, ValueError) and "\n" not in msg
@@ -90,7 +92,7 @@ def test_read_prompts_malformed_line_is_named(tmp_path, bad):
     lines = [json.dumps(p) for p in PROMPTS[:2]] + [bad] + [json.dumps(PROMPTS[2])]
     path = tmp_path / "p.jsonl"
     path.write_text("\n".join(lines) + "\n")
-    with pytest.raises(G.GenEvalError, match="line 3"):
+    with pytest.raises(ConfigError, match="line 3"):
         G.read_prompts(path)
 
 

@@ -19,24 +19,25 @@ def load_script(name):
 
 
 def test_reproduce_names_what_is_missing(monkeypatch, tmp_path):
-    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
-    monkeypatch.setenv("HF_HOME", str(tmp_path / "hf"))
+    monkeypatch.setenv("GTR_OFFLINE", "1")  # the official files cannot be fetched: each is named with its URL
+    monkeypatch.setenv("GTR_CACHE_DIR", str(tmp_path / "cache"))
+    monkeypatch.delenv("GTR_WEIGHTS_MIRROR", raising=False)
+    from gtr.config import compose
     reproduce = load_script("reproduce")
-    problems = reproduce.missing_prerequisites(1, ["mar_b"], str(tmp_path / "adm_in256_stats.npz"))
-    text = "\n".join(problems)
-    assert "FID reference statistics" in text and "adm_in256_stats.npz" in text
-    assert "model mar_b" in text and "mar-base.safetensors" in text
+    text = "\n".join(reproduce.missing(compose(["experiment=table1", "model=mar_b"])))
+    assert "mar_base: offline" in text and "dropbox.com" in text and str(tmp_path / "cache" / "weights") in text
+    assert "vae: offline" in text and "fid_stats: offline" in text and "adm_in256_stats.npz" in text
     import torch
     if not torch.cuda.is_available():
         assert "no CUDA GPU" in text
-    table2 = "\n".join(reproduce.missing_prerequisites(2, ["lightgen"], None, {}))
-    for flag in ("--checkpoint", "--text-encoder", "--vae", "--prompts", "--geneval-dir", "--geneval-python",
-                 "--detector"):
-        assert flag in table2
+    table2 = "\n".join(reproduce.missing(compose(["experiment=table2"])))
+    for key in ("checkpoint=PATH", "model.text_encoder=PATH", "model.vae_checkpoint=PATH", "eval.prompts",
+                "eval.geneval_dir=PATH", "eval.detector=PATH"):
+        assert key in table2, key
     not_geneval = tmp_path / "not_geneval"
     not_geneval.mkdir()
-    table2 = "\n".join(reproduce.missing_prerequisites(2, ["lightgen"], None, {"geneval_dir": str(not_geneval),
-                                                                              "detector": str(not_geneval)}))
+    table2 = "\n".join(reproduce.missing(compose(["experiment=table2", f"eval.geneval_dir={not_geneval}",
+                                                   f"eval.detector={not_geneval}"])))
     assert "is not a GenEval checkout" in table2 and "mask2former_swin-s-p4-w7-224_lsj_8x2_50e_coco.pth" in table2
 
 
@@ -74,7 +75,11 @@ def test_table2_pipeline_on_cpu(tmp_path):
         # 8x8 tokens of 2x2 latent cells -> 16x16 latents -> the 2-level test VAE (one 2x upsampling) -> 32 px
         assert d["arr_0"].shape == (12, 32, 32, 3) and d["labels"].tolist() == [0, 0, 1, 1, 2, 2, 3, 3, 4, 4, 5, 5]
     evaluate = load_script("evaluate")
-    record = evaluate.evaluate_run(run_dir, geneval={"dir": str(geneval), "python": sys.executable})
+    from gtr.config import compose
+    cfg = compose([a for a in cmd[2:] if not a.startswith("hydra.")] + [f"eval.geneval_dir={geneval}",
+                                                                          f"eval.geneval_python={sys.executable}"])[0]
+    assert Path(cfg.out_root) / cfg.run_name == run_dir  # the row's config names its run folder
+    record = evaluate.evaluate_run(cfg, run_dir)
     # The stub marks sample 0000 of each prompt correct: every task 1/2, overall 1/2.
     assert [record[k] for k in ("single_obj", "two_obj", "counting", "colors", "position", "color_attr")] == [0.5] * 6
     assert record["overall"] == 0.5 and record["flops_T"] > 0
@@ -82,54 +87,54 @@ def test_table2_pipeline_on_cpu(tmp_path):
 
 
 def test_reproduce_exits_before_any_work(tmp_path):
-    env = {"HF_HUB_OFFLINE": "1", "HF_HOME": str(tmp_path / "hf"), "PATH": "/usr/bin:/bin"}
-    result = subprocess.run([sys.executable, "scripts/reproduce.py", "--table", "3", "--ref-stats",
-                             str(tmp_path / "none.npz")], cwd=ROOT, capture_output=True, text=True, env=env)
+    env = {"GTR_OFFLINE": "1", "GTR_CACHE_DIR": str(tmp_path / "cache"), "PATH": "/usr/bin:/bin"}
+    result = subprocess.run([sys.executable, "scripts/reproduce.py", "experiment=table3", f"out_root={tmp_path / 'out'}"],
+                            cwd=ROOT, capture_output=True, text=True, env=env)
     assert result.returncode == 2
     assert "cannot start, missing" in result.stdout and "Traceback" not in result.stderr
-    assert not (tmp_path / "outputs").exists()
+    assert not (tmp_path / "out").exists()
 
 
 def test_evaluate_scores_a_tiny_run(tmp_path):
-    """A tiny random-weights run from scripts/sample.py becomes a run record with FID, IS and FLOPs."""
-    pytest.importorskip("torch_fidelity")
+    """A tiny random-weights run from scripts/sample.py becomes a run record with FID, IS and FLOPs;
+    scripts/evaluate.py finds the run folder from the same overrides."""
     from eval.classifier import fmnist_reference_stats
     out = tmp_path / "outputs"
-    cmd = [sys.executable, "scripts/sample.py", "model=tiny", "model.random_init=true", "method=gtr", "n=10",
-           "device=cpu", "batch_size=10", f"out_root={out}", "table=demo", "key=tiny/gtr_test", "threads=1",
-           "method.diffusion_steps=2", "method.steps.t_max=2", "method.steps.t_min=1", "method.steps.t_rec=1",
-           "method.steps.t_detail=2"]
-    subprocess.run(cmd, cwd=ROOT, check=True, capture_output=True, text=True)
-    run_dir = next(out.rglob("run.json")).parent
+    row = ["model=tiny", "model.random_init=true", "method=gtr", "n=10", "device=cpu", "batch_size=10",
+           f"out_root={out}", "table=demo", "key=tiny/gtr_test", "threads=1", "method.diffusion_steps=2",
+           "method.steps.t_max=2", "method.steps.t_min=1", "method.steps.t_rec=1", "method.steps.t_detail=2"]
+    subprocess.run([sys.executable, "scripts/sample.py", *row], cwd=ROOT, check=True, capture_output=True, text=True)
     evaluate = load_script("evaluate")
-    record = evaluate.evaluate_run(run_dir, str(fmnist_reference_stats()), feature_extractor="fmnist-classifier")
-    assert record["key"] == "tiny/gtr_test" and record["num_images"] == 10
-    assert record["flops_T"] > 0 and record["fid"] > 0 and record["is"] >= 1.0
-    records = tmp_path / "records"
+    scoring = [f"+eval.ref_stats={fmnist_reference_stats()}", "+eval.feature_extractor=fmnist-classifier",
+               f"records={tmp_path / 'records'}"]
     with pytest.raises(SystemExit) as done:
-        evaluate.main([str(run_dir), "--ref-stats", str(fmnist_reference_stats()), "--records", str(records),
-                       "--feature-extractor", "fmnist-classifier"])
+        evaluate.main([*row, *scoring])
     assert done.value.code == 0
-    saved = json.loads((records / "tabledemo" / "tiny__gtr_test.json").read_text())
-    assert saved["fid"] == pytest.approx(record["fid"])
+    saved = json.loads((tmp_path / "records" / "runs" / "tabledemo" / "tiny__gtr_test.json").read_text())
+    assert saved["key"] == "tiny/gtr_test" and saved["num_images"] == 10
+    assert saved["flops_T"] > 0 and saved["fid"] > 0 and saved["is"] >= 1.0 and saved["family"] == "GtR"
+    assert saved["fid_stats"]["sha256"] and saved["run_dir"].endswith(saved["config"]["run_name"])
+    with pytest.raises(SystemExit) as done:  # another setting: no such run folder, said, exit 1
+        evaluate.main([*row, "seed=5", *scoring])
+    assert done.value.code == 1
 
 
-def test_cpu_latency_script_writes_joinable_records_and_resumes(tmp_path, monkeypatch, capsys):
-    """scripts/latency.py on a small MAR standing in for MAR-B: one record per row in eval/tables.py's
-    schema with latency_cpu_s; a second run skips the rows already measured."""
+def test_cpu_latency_script_writes_joinable_records_and_resumes(tmp_path, capsys):
+    """scripts/latency.py on rows of an experiment (the tiny model standing in for MAR-B): one record per
+    row in eval/tables.py's schema with latency_cpu_s; a second run skips the rows already measured."""
     from eval.tables import validate_record
     latency = load_script("latency")
-    monkeypatch.setattr(latency, "MODELS", {"mar_t": ("mar_test", "MAR-T")})
-    monkeypatch.setattr(latency, "MAR_CFG", {"mar_test": 2.0})
-    args = ["--models", "mar_t", "--only", "step8/mar,step8/halton", "--threads", "1", "--runs", str(tmp_path)]
-    assert latency.main(args) == 0
-    records = sorted(tmp_path.glob("*.json"))
-    assert [p.name for p in records] == ["mar_t__step8__halton.json", "mar_t__step8__mar.json"]
+    args = ["experiment=table1", "model=tiny", "+experiment/table1=s8_step,s8_halton", "threads=1",
+            "latency.warmup=0", f"records={tmp_path}"]
+    latency.main(args)
+    records = sorted((tmp_path / "runs" / "latency_cpu").glob("*.json"))
+    assert [p.name for p in records] == ["tiny__step8__halton.json", "tiny__step8__mar.json"]
     for path in records:
         record = validate_record(json.loads(path.read_text()), str(path))
         assert record["latency_cpu_s"] > 0 and record["table"] == 1 and record["batch_size"] == 1
+        assert record["config"]["model"]["random_init"] is True
     before = [p.stat().st_mtime_ns for p in records]
     capsys.readouterr()
-    assert latency.main(args) == 0
-    assert "2 rows, 2 already measured" in capsys.readouterr().out
+    latency.main(args)
+    assert capsys.readouterr().out.count("measured before") == 2
     assert [p.stat().st_mtime_ns for p in records] == before

@@ -7,7 +7,7 @@ import os
 import pytest
 import torch
 
-from gtr.build import ConfigError
+from gtr.config import ConfigError
 from gtr.checkpoints import CheckpointError, load_mar
 from gtr.gtr import gtr
 from gtr.method import mar

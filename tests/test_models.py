@@ -65,9 +65,16 @@ def test_official_training_checkpoint_with_namespace_loads(tmp_path):
     import argparse
     model = build_mar("mar_test")
     path = str(tmp_path / "checkpoint-last.pth")
-    torch.save({"model": model.state_dict(), "model_ema": model.state_dict(), "epoch": 3,
+    ema = build_mar("mar_test")
+    with torch.no_grad():
+        for p in ema.parameters():
+            p.add_(1.0)  # EMA weights differ from the raw ones: which entry was read is visible
+    torch.save({"model": model.state_dict(), "model_ema": ema.state_dict(), "epoch": 3,
                 "args": argparse.Namespace(model="mar_test", cfg=2.9)}, path)
-    load_mar(build_mar("mar_test"), path)
+    loaded = load_mar(build_mar("mar_test"), path)  # model_ema by default, as MAR evaluates
+    assert all(torch.equal(a, b) for a, b in zip(loaded.state_dict().values(), ema.state_dict().values()))
+    raw = load_mar(build_mar("mar_test"), path, weights="model")
+    assert all(torch.equal(a, b) for a, b in zip(raw.state_dict().values(), model.state_dict().values()))
 
 
 def test_safetensors_round_trip(tmp_path):

@@ -54,7 +54,7 @@ def run(out_root, *extra, ok=True):
     sys.argv = [str(SCRIPT), *FAST, f"out_root={out_root}", *extra]
     try:
         os.chdir(out_root)
-        SAMPLE.main()
+        SAMPLE.cli()
         code = 0
     except SystemExit as e:
         code = e.code
@@ -95,7 +95,8 @@ def test_a_run_writes_pngs_grid_npz_and_run_json(reference):
         png = np.asarray(Image.open(reference / "images" / f"{i:06d}.png"))
         assert np.array_equal(png, images[i, ..., 0]), f"PNG {i} differs from samples.npz"
     grid = Image.open(reference / "grid.png")
-    assert grid.size == (3 * 34 + 2, 3 * 34 + 2)  # 8 images: 3 x 3 cells of 32 px + 2 px padding
+    # 8 images: 3 x 3 cells of 32 px + 2 px padding, under a caption of a few 14 px lines
+    assert grid.size[0] == 3 * 34 + 2 and grid.size[1] > 3 * 34 + 2 and (grid.size[1] - 3 * 34 - 2 - 4) % 14 == 0
     record = json.loads((reference / "run.json").read_text())
     assert record["status"] == "done" and record["num_images"] == N and record["batch_size"] == 1
     assert record["dtype"] == "fp32" and record["device"].startswith("cpu") and record["torch_version"]
@@ -134,7 +135,10 @@ def test_killed_run_resumes_to_the_same_images(reference, tmp_path, capsys):
 
     run(tmp_path, "batch_size=1")
     assert f"{done_before} already done" in capsys.readouterr().out  # resumed, not restarted
-    assert json.loads((folder / "run.json").read_text())["sessions"][-1]["images"] == N - 2 * done_before
+    sessions = json.loads((folder / "run.json").read_text())["sessions"]
+    # every attempt is kept: the killed one with the shards it finished, the resumed one with the rest
+    assert [r["images"] for r in sessions] == [2 * done_before, N - 2 * done_before]
+    assert all(r["seconds"] > 0 for r in sessions)
     assert np.array_equal(tokens(folder), tokens(reference))
     assert (folder / "samples.npz").read_bytes() == (reference / "samples.npz").read_bytes()
 
@@ -156,8 +160,26 @@ def test_a_folder_made_with_other_settings_is_not_resumed(reference, tmp_path, c
 
 
 @pytest.mark.parametrize("overrides,message", [
-    (["method=nope"], "Could not find 'method/nope'"),
-    (["model=tiny", "model.random_init=false", "checkpoint=/no/such.pth"], "scripts/train.py"),
+    (["method=nope"], "unknown method 'nope'; choose one of"),
+    (["model=tiny", "model.random_init=false", "checkpoint=/no/such.pth"], "does not exist (check the path)"),
+    (["model=tiny", "model.random_init=false", "model.checkpoint=/no/such.pth"], "scripts/train.py"),
+    (["n=abc"], "n must be a positive number of images, got 'abc'"),
+    (["n=0"], "n must be a positive number"),
+    (["seed=-1"], "seed must be a non-negative integer"),
+    (["cfg=-1"], "cfg (guidance scale) must be a number >= 0"),
+    (["cfg=abc"], "cfg (guidance scale) must be a number"),
+    (["cfg_schedule=cosine"], "cfg_schedule must be linear or constant"),
+    (["temperature=-0.5"], "temperature must be a number >= 0"),
+    (["batch_size=0"], "batch_size must be a positive integer"),
+    (["shard_size=x"], "shard_size must be a positive integer"),
+    (["dtype=fp8"], "dtype must be one of fp32, bf16, fp16"),
+    (["device=tpu"], "device must be auto, cpu, cuda or cuda:N"),
+    (["threads=0"], "threads must be null or a positive integer"),
+    (["model=nope"], "unknown model 'nope'; choose one of"),
+    (["eval=nope"], "unknown eval 'nope'; choose one of"),
+    (["labels=[3,10]"], "labels must be class ids in [0, 10)"),
+    (["labels=[-1]"], "labels must be a list of class ids"),
+    (["nosuchknob=1"], "Could not override 'nosuchknob'"),
     (["eval=fid10k", "n=15"], "not a multiple of the 10 classes"),
     (["model=lightgen", "model.random_init=true", "eval=geneval", "eval.prompts=null"], "needs a prompts file"),
     (["eval=geneval", f"eval.prompts={__file__}"], "class-conditional"),
@@ -168,7 +190,15 @@ def test_refusals_are_one_clear_message(tmp_path, capsys, overrides, message):
     code = run(tmp_path, *overrides, ok=False)
     err = capsys.readouterr().err
     assert code not in (0, None) and message in f"{code}\n{err}"
-    assert "Traceback" not in err
+    assert "Traceback" not in err and "\n" not in str(code).strip()  # one line
+    assert not any(tmp_path.iterdir()), "a refused command left a run folder"
+
+
+def test_a_bad_value_from_the_shell_is_one_line_and_leaves_nothing(tmp_path):
+    done = subprocess.run(command(tmp_path, "n=abc"), capture_output=True, text=True, env=ENV, cwd=tmp_path)
+    assert done.returncode != 0 and "Traceback" not in done.stderr
+    assert done.stderr.strip().splitlines() == ["error: n must be a positive number of images, got 'abc'"]
+    assert not any(tmp_path.iterdir())
 
 
 # ---------------------------------------------------------------- helpers

@@ -71,23 +71,50 @@ def test_deterministic_and_batch_size_independent(model):
     assert not torch.allclose(a, c)
 
 
-def test_unguided_and_temperature(model):
-    labels = torch.tensor([1, 1])
-    a = sample(model, mar(2, 3), labels, gens(2), cfg=1.0)
-    b = sample(model, mar(2, 3), labels, gens(2), cfg=1.0, temperature=0.0)
-    assert a.shape == b.shape and not torch.allclose(a, b)
+def test_unguided_runs_one_branch_and_temperature_scales_only_the_step_noise(model):
+    labels, counts = torch.tensor([1, 1]), mar(2, 3).counts((model.seq_h, model.seq_w))
+    rows = []
+    head = model.head
+    model.head = lambda x, t, z: rows.append(x.shape[0]) or head(x, t, z)
+    try:
+        sample(model, mar(2, 3), labels, gens(2), cfg=1.0)
+        unguided, rows[:] = list(rows), []
+        sample(model, mar(2, 3), labels, gens(2), cfg=2.0)
+    finally:
+        model.head = head
+    assert unguided == [2 * n for n in counts for _ in range(3)]  # 2 images x the step's tokens, 3 steps each
+    assert rows == [2 * u for u in unguided]                        # guidance doubles every head call
+
+    def noise_with(scale):  # column 0 (the start) fixed; the per-step columns times `scale`
+        def fn(k, shape):
+            g = torch.Generator().manual_seed(k)
+            noise = torch.randn(2, *shape, generator=g)
+            noise[:, :, 1:] *= scale
+            return noise
+        return fn
+    cold = sample(model, mar(2, 3), labels, gens(2), cfg=1.0, temperature=0.0, noise_fn=noise_with(1.0))
+    colder = sample(model, mar(2, 3), labels, gens(2), cfg=1.0, temperature=0.0, noise_fn=noise_with(1e6))
+    warm = sample(model, mar(2, 3), labels, gens(2), cfg=1.0, temperature=1.0, noise_fn=noise_with(1.0))
+    assert torch.equal(cold, colder)  # temperature 0: the step noise is not used at all
+    assert not torch.allclose(cold, warm)
 
 
 def test_official_orders_and_noise_can_be_replayed(model):
     orders = torch.stack([torch.arange(model.seq_len).flip(0), torch.arange(model.seq_len)])
     counts = mar(3, 2).counts((model.seq_h, model.seq_w))
-    noise = [torch.zeros(2, n, 3, model.token_dim) for n in counts]
+    noise = [torch.randn(2, n, 3, model.token_dim, generator=torch.Generator().manual_seed(n)) for n in counts]
     seen = []
     out = sample(model, mar(3, 2), torch.tensor([1, 2]), gens(2), cfg=2.0, orders=orders,
                  noise_fn=lambda k, shape: noise[k], callback=lambda d: seen.append(d["step"].predict))
+    # the LAST entries of an order come first, as in the official code (mask keeps order[:mask_len])
     assert torch.equal(seen[0][0], torch.arange(model.seq_len)[-counts[0]:])
     assert torch.equal(seen[0][1], torch.arange(counts[0]))
-    assert torch.isfinite(out).all()
+    # with order and noise given, the image generators are not used: other seeds, the same tokens
+    again = sample(model, mar(3, 2), torch.tensor([1, 2]), gens(2, seed=7), cfg=2.0, orders=orders,
+                   noise_fn=lambda k, shape: noise[k])
+    assert torch.equal(out, again) and torch.isfinite(out).all()
+    mine = sample(model, mar(3, 2), torch.tensor([1, 2]), gens(2), cfg=2.0)
+    assert not torch.allclose(out, mine)  # ...while without them the generators decide
 
 
 def test_bad_inputs_are_refused(model):

@@ -56,32 +56,41 @@ def test_resume_refuses_another_model(trained, tmp_path):
         train.main(["--out", str(out), "--model", "mar_test", "--steps", "4"])
 
 
+DEMO = ["threads=1", "batch_size=5", "n=10"]  # 1 image per class and row
+
+
 def test_demo_pipeline_on_a_handful_of_images(trained, tmp_path):
-    pytest.importorskip("torch_fidelity")
     demo = load_script("demo")
     out, _ = trained
-    demo.main(["--checkpoint", str(out / "tiny_mar_ema.pth"), "--out", str(tmp_path), "--per-class", "1",
-               "--batch-size", "5", "--threads", "1", "--rows", "mar16", "gtr2", "raster"])
-    records = {p.stem: json.loads(p.read_text()) for p in (tmp_path / "runs").glob("*.json")}
-    assert set(records) == {"mar16", "gtr2", "raster"}
+    ckpt = f"model.checkpoint={out / 'tiny_mar_ema.pth'}"
+    demo.main(["-m", "experiment=demo", "+experiment/demo=mar16,gtr2,raster", ckpt, f"records={tmp_path}", *DEMO])
+    runs = tmp_path / "demo" / "runs"
+    records = {p.stem: json.loads(p.read_text()) for p in runs.glob("*.json")}
+    assert set(records) == {"tiny__mar16", "tiny__gtr2", "tiny__raster"}
     for r in records.values():
-        assert r["num_images"] == 10 and r["flops_T"] > 0 and r["latency_cpu_s"] > 0
-        assert 0.0 <= r["accuracy"] <= 1.0 and r["fid"] == r["fid"]
+        assert r["num_images"] == 10 and r["flops_T"] > 0 and r["latency_cpu_s"] > 0 and r["table"] == "demo"
+        assert 0.0 <= r["accuracy"] <= 1.0 and r["fid"] == r["fid"] and r["family"]
     # GtR with 2 steps and 50 -> 20 diffusion steps costs less than MAR with 16 steps and 100
-    assert records["gtr2"]["flops_T"] < records["mar16"]["flops_T"]
-    text = (tmp_path / "README.md").read_text()
-    assert "Table 1" in text and "Table 5" in text
-    assert (tmp_path / "fid_vs_flops.png").stat().st_size > 0 and (tmp_path / "grids" / "gtr2.png").exists()
+    assert records["tiny__gtr2"]["flops_T"] < records["tiny__mar16"]["flops_T"]
+    text = (tmp_path / "demo" / "README.md").read_text()
+    assert "Every row" in text and "Table 1" in text and "Table 5" in text
+    summary = (tmp_path / "demo" / "summary.csv").read_text().splitlines()
+    assert summary[0].startswith("row,family,method,group,flops_G") and len(summary) == 4
+    assert (tmp_path / "demo" / "fid_vs_flops.png").stat().st_size > 0
+    assert (tmp_path / "demo" / "grids" / "gtr2.png").exists()
     # a rerun skips finished rows and gives the same record
-    before = (tmp_path / "runs" / "gtr2.json").read_text()
-    demo.main(["--checkpoint", str(out / "tiny_mar_ema.pth"), "--out", str(tmp_path), "--per-class", "1",
-               "--rows", "gtr2"])
-    assert (tmp_path / "runs" / "gtr2.json").read_text() == before
+    before = (runs / "tiny__gtr2.json").read_text()
+    demo.main(["experiment=demo", "+experiment/demo=gtr2", ckpt, f"records={tmp_path}", *DEMO])
+    assert (runs / "tiny__gtr2.json").read_text() == before
+    # a method of one's own becomes a row of the tables (no experiment named: experiment=tiny)
+    demo.main(["method=halton", "method.num_iter=3", ckpt, f"records={tmp_path}", *DEMO])
+    assert len(list(runs.glob("tiny__halton-it3*.json"))) == 1
+    assert "halton-it3" in (tmp_path / "demo" / "README.md").read_text()
 
 
 def test_demo_refuses_unknown_rows_and_missing_checkpoint(tmp_path):
     demo = load_script("demo")
-    with pytest.raises(SystemExit, match="unknown demo rows"):
-        demo.main(["--rows", "nope"])
-    with pytest.raises(SystemExit, match="make train-tiny"):
-        demo.main(["--checkpoint", str(tmp_path / "missing.pth")])
+    with pytest.raises(SystemExit, match="unknown experiment/demo 'nope'"):
+        demo.main(["experiment=demo", "+experiment/demo=nope"])
+    with pytest.raises(SystemExit, match="scripts/train.py"):
+        demo.main([f"model.checkpoint={tmp_path / 'missing.pth'}", f"records={tmp_path}"])
