@@ -212,3 +212,46 @@ def test_main(server, tmp_path, capsys):
     assert weights.main(["mar_huge", "nope"]) == 1
     err = capsys.readouterr().err.splitlines()
     assert len(err) == 2 and "HTTP Error 404" in err[0] and "nope" in err[1]
+
+
+# ---------------------------------------------------------------- the default source, end to end
+SMALL_MAR_B = dict(width=32, depth=1, num_heads=2, buffer_size=4, class_num=10, diffloss_d=1, diffloss_w=32,
+                   img_size=16, vae_stride=1, patch_size=4, vae_embed_dim=1)  # small, pixel tokens, named mar_base
+
+
+def test_reproduce_and_sample_resolve_the_official_ema_checkpoint(server, tmp_path, monkeypatch):
+    """With no checkpoint given, model=mar_b loads the official checkpoint-last.pth (its model_ema), fetched
+    from the (local stand-in for the) official URL; reproduce's check finds every file; run.json names
+    the file, its URL, the entry and its sha256."""
+    import subprocess
+    import sys
+    from gtr.config import compose
+    from gtr.models.mar import build_mar
+    small = build_mar(**SMALL_MAR_B)
+    ema = build_mar(**SMALL_MAR_B)
+    with torch.no_grad():
+        for p in ema.parameters():
+            p.add_(0.5)
+    Handler.files["/mar_base/checkpoint-last.pth"] = _torch_bytes(
+        {"model": small.state_dict(), "model_ema": ema.state_dict(), "args": argparse.Namespace()})
+    overrides = [f"+model.overrides.{k}={v}" for k, v in SMALL_MAR_B.items()]
+    import importlib.util
+    root = weights.Path(__file__).resolve().parents[1]
+    spec = importlib.util.spec_from_file_location("reproduce", root / "scripts" / "reproduce.py")
+    reproduce = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(reproduce)
+    problems = reproduce.missing(compose(["experiment=table1", "model=mar_b", "+experiment/table1=s8_step", *overrides]))
+    assert all("no CUDA GPU" in p for p in problems), problems  # everything else was fetched
+    cache = weights.weights_dir()
+    assert (cache / "mar_base" / "checkpoint-last.pth").is_file() and (cache / "vae" / "kl16.ckpt").is_file()
+    assert (cache / "fid_stats" / "adm_in256_stats.npz").is_file()
+
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    run = subprocess.run([sys.executable, "scripts/sample.py", "model=mar_b", *overrides, "model.decoder=pixels",
+                          "method=mar", "method.num_iter=2", "method.diffusion_steps=2", "n=2", "device=cpu",
+                          "threads=1", f"out_root={tmp_path / 'out'}"], cwd=root, env=env, capture_output=True, text=True)
+    assert run.returncode == 0, run.stderr[-2000:]
+    record = json.loads(next((tmp_path / "out").rglob("run.json")).read_text())
+    used = record["weights"]["model"]
+    assert used["url"] == weights.FILES["mar_base"][1] and used["entry"] == "model_ema"
+    assert used["sha256"] == hashlib.sha256(Handler.files["/mar_base/checkpoint-last.pth"]).hexdigest()
