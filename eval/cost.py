@@ -406,7 +406,8 @@ def measure_latency(model, method, batch_size=1, n_warmup=1, n_batches=3, device
 
     Runs `n_warmup` untimed batches, then `n_batches` timed ones of `batch_size` images. On CUDA each
     batch is timed with CUDA events after a synchronize; elsewhere with time.perf_counter. A dtype
-    other than float32 runs under autocast. The model (and vae) must already be on `device`.
+    other than float32 runs under autocast. The model (and vae) must already be on `device`. On CUDA
+    the timed batches' peak allocated memory is reported (`peak_memory_GB`; None elsewhere).
     """
     if batch_size < 1 or n_batches < 1 or n_warmup < 0:
         raise ValueError(f"need batch_size >= 1, n_batches >= 1, n_warmup >= 0; got {batch_size}, "
@@ -428,6 +429,8 @@ def measure_latency(model, method, batch_size=1, n_warmup=1, n_batches=3, device
     for b in range(n_warmup):
         one_batch(b)
     seconds = []
+    if cuda:  # caching methods cost memory: the timed batches' peak is part of the record
+        torch.cuda.reset_peak_memory_stats(device)
     for b in range(n_warmup, n_warmup + n_batches):
         if cuda:
             torch.cuda.synchronize(device)
@@ -452,4 +455,5 @@ def measure_latency(model, method, batch_size=1, n_warmup=1, n_batches=3, device
         "n_batches": n_batches,
         "threads": torch.get_num_threads(),
         "includes_vae_decode": vae is not None,
+        "peak_memory_GB": torch.cuda.max_memory_allocated(device) / 1e9 if cuda else None,
     }
