@@ -10,6 +10,7 @@ import torch.nn.functional as F
 from torch.utils._python_dispatch import TorchDispatchMode
 from torch.utils.flop_counter import FlopCounterMode
 
+from baselines.lazymar import lazymar
 from eval.cost import CUSTOM_FLOPS, count_flops, count_run, measure_latency, meta_model, with_clip
 from eval.tables import validate_record
 from gtr.gtr import gtr
@@ -142,8 +143,7 @@ def small():
 
 
 def _lazymar(num_iter, steps):
-    lazymar = pytest.importorskip("baselines.lazymar")
-    return lazymar.lazymar(num_iter, steps)
+    return lazymar(num_iter, steps)
 
 
 @pytest.mark.parametrize("make", [lambda: mar(3, 5),
