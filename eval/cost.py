@@ -41,6 +41,7 @@ from gtr.models.mar import build_mar
 from gtr.models.vae import AutoencoderKL, decode_tokens
 from gtr import sampler
 from gtr.models.diffusion import sampling_diffusion
+from gtr.engine import head_loop
 from gtr.runs import device_name
 
 PAPER_CLIP_TIMESTEPS = 950  # the clip behind the paper's FLOPs column (REFERENCE.md sections 2, 4b)
@@ -401,13 +402,15 @@ def sd35_vae_decode_T():
 
 # ---------------------------------------------------------------- latency
 def measure_latency(model, method, batch_size=1, n_warmup=1, n_batches=3, device=None, cfg=3.0,
-                    cfg_schedule="linear", temperature=1.0, vae=None, dtype=torch.float32, seed=0):
+                    cfg_schedule="linear", temperature=1.0, vae=None, dtype=torch.float32, seed=0,
+                    engine="reference"):
     """Seconds per image of sampling (and decoding, if `vae` is given) with real weights and noise.
 
     Runs `n_warmup` untimed batches, then `n_batches` timed ones of `batch_size` images. On CUDA each
     batch is timed with CUDA events after a synchronize; elsewhere with time.perf_counter. A dtype
     other than float32 runs under autocast. The model (and vae) must already be on `device`. On CUDA
-    the timed batches' peak allocated memory is reported (`peak_memory_GB`; None elsewhere).
+    the timed batches' peak allocated memory is reported (`peak_memory_GB`; None elsewhere). `engine`:
+    gtr/engine.py's reference or fast head loop.
     """
     if batch_size < 1 or n_batches < 1 or n_warmup < 0:
         raise ValueError(f"need batch_size >= 1, n_batches >= 1, n_warmup >= 0; got {batch_size}, "
@@ -416,13 +419,14 @@ def measure_latency(model, method, batch_size=1, n_warmup=1, n_batches=3, device
     if device.type == "meta":
         raise ValueError("cannot time on the meta device; use count_flops for FLOPs")
     cuda = device.type == "cuda"
+    loop = head_loop(model, engine)
 
     def one_batch(b):
         gens = [sampler.image_generator(seed, b * batch_size + i) for i in range(batch_size)]
         labels = example_conditions(model, batch_size, "cpu", b * batch_size)
         with torch.no_grad(), torch.autocast(device.type, dtype=dtype, enabled=dtype != torch.float32):
             tokens = sampler.sample(model, method, labels, gens, cfg=cfg, cfg_schedule=cfg_schedule,
-                                    temperature=temperature)
+                                    temperature=temperature, head_loop=loop)
             if vae is not None:
                 decode_for_cost(vae, model, tokens)
 
@@ -450,6 +454,7 @@ def measure_latency(model, method, batch_size=1, n_warmup=1, n_batches=3, device
         "device": str(device),
         "device_name": device_name(device),
         "dtype": str(dtype).replace("torch.", ""),
+        "engine": engine,
         "batch_size": batch_size,
         "n_warmup": n_warmup,
         "n_batches": n_batches,

@@ -13,6 +13,7 @@ import numpy as np
 import torch
 
 from gtr.config import DTYPES, ConfigError, check_values, plain
+from gtr.engine import head_loop
 from gtr.prompts import is_prompt_eval, prompt_file, read_prompt_texts
 from gtr.sampler import image_generator, sample
 
@@ -44,7 +45,9 @@ def image_settings(cfg):
         n = None
     return {"model": model, "method": method, "num_images": n, "labels": plain(cfg.get("labels")),
             "balanced": cfg.eval.get("balanced", False), "seed": cfg.seed, "cfg": cfg.cfg,
-            "cfg_schedule": cfg.cfg_schedule, "temperature": cfg.temperature, "dtype": cfg.dtype, "tf32": cfg.tf32}
+            "cfg_schedule": cfg.cfg_schedule, "temperature": cfg.temperature, "dtype": cfg.dtype, "tf32": cfg.tf32,
+            # the reference engine is left out, so run folders made before engines existed keep their names
+            **({"engine": cfg.engine} if cfg.get("engine", "reference") != "reference" else {})}
 
 
 def num_images(cfg, texts=None):
@@ -127,9 +130,10 @@ def pick_device(name):
 def generate(cfg, model, method, decode, labels, indices, progress=None, condition=torch.as_tensor):
     """Images (k, H, W, C) uint8 and, with eval.save_tokens, tokens (k, L, C) of the image `indices` of
     the run `cfg`, in batches of cfg.batch_size (image i from image_generator(cfg.seed, i), label
-    labels[i], under cfg.dtype's autocast); progress(number of images) after each batch. condition(labels
+    labels[i], under cfg.dtype's autocast, with cfg.engine's head loop); progress(number of images) after each batch. condition(labels
     of a batch) is the model's condition input: the class ids (MAR), or the prompts' T5 states (LightGen)."""
     amp = AMP[cfg.dtype]
+    loop = head_loop(model, cfg.get("engine", "reference"))
     images, tokens = [], []
     for b in range(0, len(indices), int(cfg.batch_size)):
         batch = indices[b:b + int(cfg.batch_size)]
@@ -138,7 +142,7 @@ def generate(cfg, model, method, decode, labels, indices, progress=None, conditi
             cond = condition(labels[batch])
         with torch.autocast(model.fake_latent.device.type, dtype=amp) if amp else nullcontext():
             x = sample(model, method, cond, generators, cfg=cfg.cfg,
-                       cfg_schedule=cfg.cfg_schedule, temperature=cfg.temperature)
+                       cfg_schedule=cfg.cfg_schedule, temperature=cfg.temperature, head_loop=loop)
             images.append(decode(x).numpy())
         if cfg.eval.get("save_tokens"):
             tokens.append(x.float().cpu().numpy())

@@ -58,7 +58,8 @@ def main(argv=None):
                                 n_batches=cfg.latency.warmup, device=device, cfg=cfg.cfg, cfg_schedule=cfg.cfg_schedule)
         lat = measure_latency(models[spec], method, batch_size=cfg.latency.batch_size, n_warmup=0,
                               n_batches=cfg.latency.batches, device=device, cfg=cfg.cfg,
-                              cfg_schedule=cfg.cfg_schedule, temperature=cfg.temperature, dtype=AMP[cfg.dtype])
+                              cfg_schedule=cfg.cfg_schedule, temperature=cfg.temperature, dtype=AMP[cfg.dtype],
+                              engine=cfg.engine)
         record = run_record(cfg, device_name(device), batch_size=cfg.latency.batch_size,
                             images=cfg.latency.batch_size * cfg.latency.batches,
                             **{f"latency_{kind}_s": lat["seconds_per_image"]}, latency=lat,

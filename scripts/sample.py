@@ -144,7 +144,7 @@ def write_run_json(out, cfg, device, world, status, weights):
     record = {
         "status": status, "table": cfg.table, "key": cfg.key, "model": cfg.model.key, "method": cfg.method.name,
         "num_images": num_images(cfg), "seed": cfg.seed, "batch_size": cfg.batch_size, "world_size": world,
-        "device": device_name(device), "dtype": cfg.dtype, "tf32": cfg.tf32,
+        "device": device_name(device), "engine": cfg.engine, "dtype": cfg.dtype, "tf32": cfg.tf32,
         "torch_version": torch.__version__, "git_commit": git_commit(),
         "command": " ".join([Path(sys.argv[0]).name] + sys.argv[1:]), "settings_hash": settings_hash(cfg),
         "out_dir": str(out), "images_made": sum(r["images"] for r in sessions),

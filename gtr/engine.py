@@ -1,0 +1,150 @@
+"""The engine: how the diffusion head's chains are computed. It changes speed, and floats at rounding level.
+
+    reference   gtr.models.diffusion.sample_head: the head called as the official code calls it, once per
+                diffusion step on (x, t, z); bitwise equal to LTH14/mar (scripts/verify_official.py).
+    fast        FastHeadLoop: the same arithmetic, reorganised for a chain of diffusion steps on fixed z:
+                - z's embedding (cond_embed) is computed once per chain, the timestep embeddings once per
+                  diffusion process, instead of at every step;
+                - silu(y), which every adaLN modulation reads, is computed once per step;
+                - under guidance the guided and unguided rows share x: its input projection runs once;
+                - on the CPU, fp32 weights are reordered once into oneDNN's blocked layout: at the few rows
+                  of a batch-1 chain (8 to 32) the default GEMM path reads MAR-B's head weights at ~10 GB/s
+                  where the reordered kernel reaches ~26 GB/s (measured: results/engine/);
+                - the diffusion coefficients are float32 scalars (every row of a chain is at the same step).
+                Outputs equal the reference to float rounding (tests/test_engine.py; verify_official.py
+                checks one head call and a whole chain against the official code at 1e-5 relative).
+
+The engine is a run setting (`engine=` in configs/sample.yaml), recorded in run records and part of a
+run's identity when it is not the reference. Caches with a stateful head (LazyMAR's) keep the reference
+loop: the fast loop runs only the model's own head.
+"""
+import torch
+import torch.nn.functional as F
+
+from gtr.method import PlainHead
+from gtr.models.diffusion import sample_head
+
+from gtr.config import ENGINES  # noqa: F401  (the names, for callers)
+
+
+def head_loop(model, engine="reference"):
+    """The diffusion loop (sample_head's signature) that `engine` runs on `model`."""
+    if engine == "reference":
+        return sample_head
+    if engine == "fast":
+        return FastHeadLoop(model)
+    raise ValueError(f"unknown engine {engine!r}; choose one of {', '.join(ENGINES)}")
+
+
+class _Linear:
+    """y = x W^T + b, with W reordered for oneDNN where that kernel exists for it (fp32 on the CPU)."""
+
+    def __init__(self, weight, bias):
+        self.weight, self.bias = weight.detach(), bias.detach()
+        self.packed = None
+        if (weight.device.type == "cpu" and weight.dtype == torch.float32 and torch.backends.mkldnn.is_available()):
+            try:
+                self.packed = torch.ops.mkldnn._reorder_linear_weight(self.weight)
+            except (RuntimeError, AttributeError):  # a torch build without the op: the plain kernel
+                self.packed = None
+
+    def __call__(self, x):
+        if self.packed is not None and x.dtype == torch.float32 and not torch.is_autocast_enabled("cpu"):
+            return torch.ops.mkldnn._linear_pointwise(x, self.packed, self.bias, "none", [], "")
+        return F.linear(x, self.weight.to(x.dtype), self.bias.to(x.dtype))
+
+    @classmethod
+    def of(cls, linear):
+        return cls(linear.weight, linear.bias)
+
+
+class FastHeadLoop:
+    """sample_head for MAR's head network (gtr/models/mar.py HeadMLP), organised per chain (see module doc).
+
+    Built once per model (it copies the head's weights into the kernels' layout): build it again after
+    the weights change.
+    """
+
+    def __init__(self, model):
+        self.model = model
+        net = model.diffloss.net
+        self.net = net
+        self.time_embed = net.time_embed
+        self.cond_embed = _Linear.of(net.cond_embed)
+        self.input_proj = _Linear.of(net.input_proj)
+        # (Stacking every block's adaLN matrix into one call was measured slower on the CPU: 17 vs 25 GB/s.)
+        self.blocks = [(_Linear.of(block.adaLN_modulation[1]), block.in_ln, _Linear.of(block.mlp[0]),
+                        _Linear.of(block.mlp[2])) for block in net.res_blocks]
+        self.final_adaln = _Linear.of(net.final_layer.adaLN_modulation[1])
+        self.final_linear = _Linear.of(net.final_layer.linear)
+        self.time_tables, self.coefficient_tables = {}, {}
+
+    def time_table(self, process, like):
+        """time_embed of every timestep of `process` (S, W), computed once per process and dtype."""
+        key = (tuple(process.timesteps), like.dtype, like.device)
+        if key not in self.time_tables:
+            t = torch.as_tensor(process.timesteps, device=like.device)
+            self.time_tables[key] = self.time_embed(t).to(like.dtype)
+        return self.time_tables[key]
+
+    def coefficients(self, process):
+        """Per step of `process`: the float32 values the reference reads from its float64 tables."""
+        key = tuple(process.timesteps)
+        if key not in self.coefficient_tables:
+            tables = (process.posterior_log_variance_clipped, process.log_betas, process.sqrt_recip_alphas_cumprod,
+                      process.sqrt_recipm1_alphas_cumprod, process.posterior_mean_coef1, process.posterior_mean_coef2)
+            self.coefficient_tables[key] = [tuple(float(torch.tensor(t[i]).float()) for t in tables)
+                                            for i in range(process.num_steps)]
+        return self.coefficient_tables[key]
+
+    def __call__(self, head, cond, process, noise, uncond=None, cfg=1.0, temperature=1.0):
+        if not (isinstance(head, PlainHead) and head.net == self.model.head):
+            return sample_head(head, cond, process, noise, uncond=uncond, cfg=cfg, temperature=temperature)
+        n, channels, steps = noise.shape[0], noise.shape[2], process.num_steps
+        if n == 0:
+            return noise[:, 0]
+        if noise.shape[1] < 1 + steps:
+            raise ValueError(f"noise has {noise.shape[1]} columns, {1 + steps} needed")
+        guided = uncond is not None
+        c = torch.cat([cond, uncond]) if guided else cond
+        if guided and torch.is_tensor(cfg):
+            cfg = cfg.view(-1, 1).to(noise.dtype)
+        c_emb = self.cond_embed(c)
+        times = self.time_table(process, c_emb)
+        coef = self.coefficients(process)
+        x = noise[:, 0]
+        for k, i in enumerate(reversed(range(steps))):
+            out = self.net_out(x, times[i] + c_emb, guided)
+            if guided:
+                eps_c, eps_u = out[:n, :channels], out[n:, :channels]
+                eps, var_values = eps_u + cfg * (eps_c - eps_u), out[:n, channels:]
+            else:
+                eps, var_values = out[:, :channels], out[:, channels:]
+            eps, var_values = eps.float(), var_values.float()
+            min_log, max_log, recip, recipm1, coef1, coef2 = coef[i]
+            # The reference's arithmetic and order (Diffusion.p_mean_logvar), with scalar coefficients.
+            frac = (var_values + 1) / 2
+            log_var = frac * max_log + (1 - frac) * min_log
+            mean = coef1 * (recip * x - recipm1 * eps) + coef2 * x
+            x = mean + torch.exp(0.5 * log_var) * noise[:, k + 1] * temperature if i > 0 else mean
+        return x
+
+    def head(self, x, t, c):
+        """One head call as the reference makes it, (x, t, z) -> (eps, variance values), on this engine's
+        kernels (to compare with the official head)."""
+        return self.net_out(x, self.time_embed(t) + self.cond_embed(c), guided=False)
+
+    def net_out(self, x, y, guided):
+        """The head network on noisy tokens x (n, C) and y = time + z embedding (rows, W); under guidance
+        rows = 2n and x is shared by the guided and unguided halves."""
+        h = self.input_proj(x.to(y.dtype))
+        if guided:
+            h = torch.cat([h, h])
+        y = F.silu(y)
+        for adaln, norm, fc1, fc2 in self.blocks:
+            shift, scale, gate = adaln(y).chunk(3, dim=-1)
+            u = F.layer_norm(h, norm.normalized_shape, norm.weight, norm.bias, norm.eps) * (1 + scale) + shift
+            h = h + gate * fc2(F.silu(fc1(u)))
+        shift, scale = self.final_adaln(y).chunk(2, dim=-1)
+        final = self.net.final_layer.norm_final
+        return self.final_linear(F.layer_norm(h, final.normalized_shape, None, None, final.eps) * (1 + scale) + shift)

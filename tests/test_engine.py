@@ -1,0 +1,98 @@
+"""The fast engine (gtr/engine.py) computes what the reference loop computes, to float rounding."""
+from pathlib import Path
+
+import pytest
+import torch
+
+from baselines.lazymar import lazymar
+from gtr.checkpoints import load_mar
+from gtr.config import ConfigError, check_values, compose
+from gtr.engine import FastHeadLoop, head_loop
+from gtr.method import PlainHead, mar
+from gtr.models.diffusion import sample_head, sampling_diffusion
+from gtr.models.mar import build_mar
+from gtr.load import decoder
+from gtr.runs import image_settings, settings_hash
+from gtr.sampler import image_generator, sample
+from helpers import assert_close_to_scale, assert_same_images
+
+TINY = Path(__file__).resolve().parents[1] / "results" / "tiny_mar" / "tiny_mar_ema.pth"
+
+
+def random_mar(seed=0, **overrides):
+    """A small MAR whose every parameter is random (adaLN and output layers are zero at init)."""
+    g = torch.Generator().manual_seed(seed)
+    model = build_mar("mar_test", **overrides).eval()
+    with torch.no_grad():
+        for p in model.parameters():
+            p.add_(torch.randn(p.shape, generator=g) * 0.05)
+    return model
+
+
+@pytest.mark.parametrize("guided, cfg, temperature, steps, clip", [
+    (True, 3.0, 1.0, 20, None), (False, 1.0, 0.9, 20, None), (True, "per-row", 1.0, 20, 950),
+    (True, 2.0, 1.0, 1, None)])
+def test_fast_chain_equals_reference_chain(guided, cfg, temperature, steps, clip):
+    model = random_mar(diffloss_d=3, diffloss_w=64)
+    g = torch.Generator().manual_seed(1)
+    n, width = 6, model.config.width
+    cond, uncond = torch.randn(n, width, generator=g), torch.randn(n, width, generator=g)
+    process = sampling_diffusion(steps, clip)
+    noise = torch.randn(n, 1 + process.num_steps, model.token_dim, generator=g)
+    if cfg == "per-row":
+        cfg = torch.linspace(1.5, 4.0, n)
+    kwargs = dict(uncond=uncond if guided else None, cfg=cfg, temperature=temperature)
+    with torch.no_grad():
+        reference = sample_head(PlainHead(model), cond, process, noise, **kwargs)
+        fast = FastHeadLoop(model)(PlainHead(model), cond, process, noise, **kwargs)
+    assert_close_to_scale(fast, reference, rtol=1e-5)
+
+
+def test_fast_sampler_equals_reference_sampler():
+    model = random_mar(diffloss_d=2, diffloss_w=48)
+    labels, gens = torch.tensor([1, 7, 3]), lambda: [image_generator(5, i) for i in range(3)]
+    reference = sample(model, mar(4, 10), labels, gens(), cfg=2.5)
+    loop, calls = head_loop(model, "fast"), []
+    net_out = loop.net_out
+    loop.net_out = lambda *a: calls.append(1) or net_out(*a)
+    fast = sample(model, mar(4, 10), labels, gens(), cfg=2.5, head_loop=loop)
+    assert len(calls) == 4 * 10  # the engine's own kernels ran every head call (no fallback)
+    assert_close_to_scale(fast, reference, rtol=1e-4)
+
+
+def test_stateful_heads_keep_the_reference_loop():
+    """LazyMAR's head cache is a stateful Head: the fast loop hands it to the reference loop unchanged."""
+    model = random_mar()
+    labels = torch.tensor([2, 5])
+    method = lambda: lazymar(8, 20)  # noqa: E731 (a fresh cache per run)
+    reference = sample(model, method(), labels, [image_generator(0, i) for i in range(2)], cfg=3.0)
+    fast = sample(model, method(), labels, [image_generator(0, i) for i in range(2)], cfg=3.0,
+                  head_loop=head_loop(model, "fast"))
+    assert torch.equal(fast, reference)
+
+
+def test_tiny_model_images_are_the_same_with_either_engine():
+    """What users see: the trained tiny model's uint8 images agree between engines (to rounding)."""
+    model = load_mar(build_mar("mar_tiny"), str(TINY)).eval()
+    method, labels = mar(8, 50, clip_timesteps=950), torch.arange(6)
+    images = {}
+    for engine in ("reference", "fast"):
+        tokens = sample(model, method, labels, [image_generator(3, i) for i in range(6)], cfg=2.0,
+                        head_loop=head_loop(model, engine))
+        images[engine] = decoder({"decoder": "pixels"}, model)(tokens).numpy()
+    assert_same_images(images["fast"], images["reference"])
+
+
+def test_engine_is_a_checked_run_setting():
+    base = compose(["model=tiny", "method=gtr"])[0]
+    fast = compose(["model=tiny", "method=gtr", "engine=fast"])[0]
+    reference = compose(["model=tiny", "method=gtr", "engine=reference"])[0]
+    assert settings_hash(fast) != settings_hash(base)
+    assert image_settings(fast)["engine"] == "fast"
+    # the reference engine keeps the run identity that runs had before engines were a setting
+    assert "engine" not in image_settings(reference) and settings_hash(reference) == settings_hash(base)
+    bad = compose(["model=tiny", "method=gtr", "engine=turbo"])[0]
+    with pytest.raises(ConfigError, match="engine must be one of reference, fast"):
+        check_values(bad)
+    with pytest.raises(ValueError, match="unknown engine"):
+        head_loop(random_mar(), "turbo")
