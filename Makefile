@@ -7,7 +7,7 @@ STAMP := $(VENV)/.installed
 FASHION := /usr/share/datasets/fashion-mnist/train-images-idx3-ubyte.gz
 TORCH := torch==2.14.1 torchvision==0.29.1
 
-.PHONY: help install data test demo train-tiny flops latency-cpu tables results weights verify-official verify-baselines \
+.PHONY: help install data test demo train-tiny flops latency-cpu bench-engine tables results weights verify-official verify-baselines \
         verify-lazymar verify-lightgen gpu-check gpu-wheels reproduce-table1 reproduce-table2 reproduce-table3 reproduce-table4 reproduce-table5 clean
 
 help:  ## list the targets
@@ -42,6 +42,9 @@ flops: $(STAMP)  ## FLOPs of every row of Tables 1-4 beside the paper's (CPU, no
 
 latency-cpu: $(STAMP)  ## CPU latency of Table 1's rows here, random weights: make latency-cpu MODELS=mar_b,mar_h
 	$(PY) scripts/latency.py experiment=table1 model=$(or $(MODELS),mar_b) threads=$(or $(THREADS),2) $(ARGS)
+
+bench-engine: $(STAMP)  ## the engine vs the official code, MAR-B batch 1 on this CPU: make bench-engine OFFICIAL=path/to/LTH14-mar
+	$(PY) scripts/bench_engine.py $(if $(OFFICIAL),--official $(OFFICIAL)) --out $(or $(OUT),outputs/engine) $(ARGS)
 
 tables: $(STAMP)  ## the paper's tables beside our run records (outputs/runs) -> outputs/table*.md
 	$(PY) scripts/tables.py $(ARGS)

@@ -15,7 +15,11 @@ def import_official(path, module="models.mar", repo="LTH14/mar"):
         sys.exit(f"{path} is not a {repo} checkout ({module.replace('.', '/')}.py missing)")
     torch.Tensor.cuda = lambda self, *a, **k: self  # the official code calls .cuda() everywhere
     sys.path.insert(0, path)
-    return importlib.import_module(module)
+    try:
+        return importlib.import_module(module)
+    except ModuleNotFoundError as e:  # e.g. timm, which the official code imports and gtr-bench does not need
+        sys.exit(f"error: the official code at {path} needs the package {e.name!r}: "
+                 f"{os.path.relpath(sys.executable)} -m pip install {e.name}")
 
 
 def perturb(model, generator, scale=0.02):

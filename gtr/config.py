@@ -21,6 +21,7 @@ CONFIG_DIR = Path(__file__).resolve().parents[1] / "configs"
 GROUPS = ("model", "method", "eval", "experiment")   # the choices a user names on the command line
 DTYPES = ("fp32", "bf16", "fp16")
 ENGINES = ("reference", "fast")  # gtr/engine.py
+PRECISIONS = ("autocast", "cast")
 log = logging.getLogger("gtr")
 
 
@@ -129,7 +130,7 @@ def _is_number(value):
 def check_values(cfg):
     """Refuse a bad value of a plain knob with one sentence (before any model is built).
 
-    n, seed, cfg, cfg_schedule, temperature, batch_size, shard_size, engine, dtype, device, threads, tf32,
+    n, seed, cfg, cfg_schedule, temperature, batch_size, shard_size, engine, dtype, precision, device, threads, tf32,
     labels' form, rank, world_size, grid_images and the eval set's size; class ranges, grids and prompt
     files are checked by gtr.runs.check_run with the model's shape.
     """
@@ -148,6 +149,8 @@ def check_values(cfg):
         need(_is_int(cfg[knob], 1), f"{knob} must be a positive integer, got {cfg[knob]!r}")
     need(cfg.get("engine", "reference") in ENGINES,
          f"engine must be one of {', '.join(ENGINES)}, got {cfg.get('engine')!r}")
+    need(cfg.get("precision", "autocast") in PRECISIONS,
+         f"precision must be one of {', '.join(PRECISIONS)}, got {cfg.get('precision')!r}")
     need(cfg.dtype in DTYPES, f"dtype must be one of {', '.join(DTYPES)}, got {cfg.dtype!r}")
     device = str(cfg.device)
     need(device in ("auto", "cpu", "cuda") or (device.startswith("cuda:") and device[5:].isdigit()),

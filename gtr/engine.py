@@ -22,7 +22,7 @@ import torch
 import torch.nn.functional as F
 
 from gtr.method import PlainHead
-from gtr.models.diffusion import sample_head
+from gtr.models.diffusion import float32_unless_autocast, sample_head
 
 from gtr.config import ENGINES  # noqa: F401  (the names, for callers)
 
@@ -114,7 +114,7 @@ class FastHeadLoop:
         coef = self.coefficients(process)
         x = noise[:, 0]
         for k, i in enumerate(reversed(range(steps))):
-            out = self.net_out(x, times[i] + c_emb, guided)
+            out = float32_unless_autocast(self.net_out(x, times[i] + c_emb, guided))
             if guided:
                 eps_c, eps_u = out[:n, :channels], out[n:, :channels]
                 eps, var_values = eps_u + cfg * (eps_c - eps_u), out[:n, channels:]

@@ -96,12 +96,13 @@ def model_on_meta(cfg_model):
         return _construct(cfg_model).eval()
 
 
-def build_model(cfg_model, device="cpu", checkpoint=None):
+def build_model(cfg_model, device="cpu", checkpoint=None, dtype=None):
     """The model (MAR, or LightGen with model.arch=lightgen) of `cfg_model` on `device` in eval mode.
 
     Weights: `checkpoint` (the top-level alias) or cfg_model.checkpoint, else the model.source's file
     (weights_file: the official checkpoint by default); `random_init: true` skips loading and gives a
-    seeded random model (the same on every run, so smoke runs resume and compare).
+    seeded random model (the same on every run, so smoke runs resume and compare). `dtype`: cast the
+    weights (gtr.runs.precision's cast dtype; None: as stored, fp32).
     """
     model = _construct(cfg_model)
     if cfg_model.random_init:
@@ -116,7 +117,7 @@ def build_model(cfg_model, device="cpu", checkpoint=None):
             if hint and not checkpoint and "does not exist" in str(e):  # the model's own file is missing
                 message += f" {hint}."
             raise ConfigError(message + " For a smoke run with random weights: model.random_init=true.") from None
-    return model.to(device).eval()
+    return model.to(device=device, dtype=dtype).eval()
 
 
 # ---------------------------------------------------------------- decoding

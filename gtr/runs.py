@@ -47,7 +47,17 @@ def image_settings(cfg):
             "balanced": cfg.eval.get("balanced", False), "seed": cfg.seed, "cfg": cfg.cfg,
             "cfg_schedule": cfg.cfg_schedule, "temperature": cfg.temperature, "dtype": cfg.dtype, "tf32": cfg.tf32,
             # the reference engine is left out, so run folders made before engines existed keep their names
-            **({"engine": cfg.engine} if cfg.get("engine", "reference") != "reference" else {})}
+            **({"engine": cfg.engine} if cfg.get("engine", "reference") != "reference" else {}),
+            **({"precision": cfg.precision} if cfg.dtype != "fp32" and cfg.get("precision", "autocast") != "autocast"
+               else {})}
+
+
+def precision(cfg):
+    """(cast, autocast) dtypes of a run: with precision=cast the model is cast to cfg.dtype (build_model's
+    dtype) and nothing is autocast; with autocast the fp32 model runs under autocast. None: fp32."""
+    dtype = AMP[cfg.dtype]
+    cast = cfg.get("precision", "autocast") == "cast"
+    return (dtype, None) if cast else (None, dtype)
 
 
 def num_images(cfg, texts=None):
@@ -130,9 +140,9 @@ def pick_device(name):
 def generate(cfg, model, method, decode, labels, indices, progress=None, condition=torch.as_tensor):
     """Images (k, H, W, C) uint8 and, with eval.save_tokens, tokens (k, L, C) of the image `indices` of
     the run `cfg`, in batches of cfg.batch_size (image i from image_generator(cfg.seed, i), label
-    labels[i], under cfg.dtype's autocast, with cfg.engine's head loop); progress(number of images) after each batch. condition(labels
+    labels[i], under cfg.dtype's autocast unless the model was cast, with cfg.engine's head loop); progress(number of images) after each batch. condition(labels
     of a batch) is the model's condition input: the class ids (MAR), or the prompts' T5 states (LightGen)."""
-    amp = AMP[cfg.dtype]
+    amp = precision(cfg)[1]
     loop = head_loop(model, cfg.get("engine", "reference"))
     images, tokens = [], []
     for b in range(0, len(indices), int(cfg.batch_size)):

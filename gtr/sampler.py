@@ -55,6 +55,8 @@ def sample(model, method, labels, generators, cfg=1.0, cfg_schedule="linear", te
     unconditional), T5 states (B, max_length, 4096) for LightGen.
     generators: one torch.Generator per image (see image_generator).
     cfg / cfg_schedule: guidance scale and 'linear' (MAR) or 'constant' schedule; cfg == 1: no guidance.
+    A model cast to bf16/fp16 (model.to(dtype)) runs in its dtype; the tokens, the noise and the diffusion
+    arithmetic stay float32 (the head's output is read as float32).
     temperature: scales the noise of each diffusion step. The diffusion process itself (respacing,
     timestep clip) is the method's steps slot's (method.steps.process).
     orders: (B, L) generation orders overriding the method's (e.g. to replay the official code).
@@ -89,7 +91,7 @@ def sample(model, method, labels, generators, cfg=1.0, cfg_schedule="linear", te
         known = orders[:, :done].sort(dim=1).values.to(device)
         predict = orders[:, done:done + n].sort(dim=1).values.to(device)
         step = Step(k, len(counts), counts, grid, known, predict, guided, generators)
-        x_in = torch.cat([tokens, tokens]) if guided else tokens
+        x_in = (torch.cat([tokens, tokens]) if guided else tokens).to(model.fake_latent.dtype)
         known_in = torch.cat([known, known]) if guided else known
         z = cache.condition(model, x_in, known_in, cond_emb, step)
         z_cond = take(z[:batch], predict)

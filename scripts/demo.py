@@ -24,7 +24,7 @@ from eval.records import command_line, read_records, record_path, run_record, wr
 from eval.tiny_world import report, save_row_grid, score, short
 from gtr.config import ConfigError, compose, split_argv
 from gtr.load import build_model, decoder, model_on_meta
-from gtr.runs import check_run, device_name, generate, make_labels, num_images, row_key, settings_hash
+from gtr.runs import check_run, device_name, generate, make_labels, num_images, precision, row_key, settings_hash
 
 
 def rows_of(argv):
@@ -75,10 +75,10 @@ def main(argv=None):
     with tqdm(total=sum(num_images(cfg) for cfg, _ in todo), unit="img", desc="demo", smoothing=0.05) as bar:
         for cfg, method in todo:
             torch.set_num_threads(int(cfg.threads))
-            spec = repr(sorted(cfg.model.items()))
+            spec = repr(sorted(cfg.model.items())) + repr(precision(cfg)[0])
             if spec not in models:
                 try:
-                    models[spec] = build_model(cfg.model, "cpu", checkpoint=cfg.checkpoint)
+                    models[spec] = build_model(cfg.model, "cpu", checkpoint=cfg.checkpoint, dtype=precision(cfg)[0])
                 except ConfigError as e:
                     sys.exit(f"error: {e}")
             bar.set_description(f"demo {short(row_key(cfg))}")

@@ -29,7 +29,7 @@ from gtr import weights
 from gtr.config import ConfigError, compose, split_argv
 from gtr.load import build_model, model_on_meta
 from gtr.prompts import is_prompt_eval, prompt_file
-from gtr.runs import AMP, check_run, pick_device, settings_hash
+from gtr.runs import check_run, pick_device, precision, settings_hash
 
 
 def geneval_scores(run_dir, cfg):
@@ -74,9 +74,10 @@ def evaluate_run(cfg, run_dir):
     if cfg.evaluate.latency:
         device = pick_device(cfg.device)
         # Sampling only (text encoding and decoding are not timed), at the run's batch size and dtype.
-        lat = measure_latency(build_model(cfg.model, device, checkpoint=cfg.checkpoint), method,
+        cast, amp = precision(cfg)
+        lat = measure_latency(build_model(cfg.model, device, checkpoint=cfg.checkpoint, dtype=cast), method,
                               batch_size=int(cfg.batch_size), device=device, cfg=cfg.cfg,
-                              cfg_schedule=cfg.cfg_schedule, dtype=AMP[cfg.dtype] or torch.float32)
+                              cfg_schedule=cfg.cfg_schedule, dtype=amp or torch.float32, engine=cfg.engine)
         measured["latency_gpu_s" if device.type == "cuda" else "latency_cpu_s"] = lat["seconds_per_image"]
         measured["latency"] = lat
     return run_record(cfg, run["device"], batch_size=run["batch_size"], images=run["num_images"],

@@ -22,9 +22,8 @@ from eval.records import record_path, run_record, write_record
 from gtr.config import ConfigError, compose, split_argv
 from gtr.load import build_model, model_on_meta
 from gtr.method import mar
-from gtr.runs import check_run, device_name, pick_device, row_key
+from gtr.runs import check_run, device_name, pick_device, precision, row_key
 
-AMP = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
 
 
 def main(argv=None):
@@ -50,15 +49,16 @@ def main(argv=None):
             continue
         if cfg.latency.random_weights:  # recorded in the row's config
             cfg.model.random_init = True
-        spec = repr(sorted(cfg.model.items()))
+        cast, amp = precision(cfg)
+        spec = repr(sorted(cfg.model.items())) + repr(cast)
         if spec not in models:
-            models[spec] = model = build_model(cfg.model, device, checkpoint=cfg.checkpoint)
+            models[spec] = model = build_model(cfg.model, device, checkpoint=cfg.checkpoint, dtype=cast)
             if cfg.latency.warmup:  # kernels, allocator and caches warmed up once per model
                 measure_latency(model, mar(2, 2), batch_size=cfg.latency.batch_size, n_warmup=0,
                                 n_batches=cfg.latency.warmup, device=device, cfg=cfg.cfg, cfg_schedule=cfg.cfg_schedule)
         lat = measure_latency(models[spec], method, batch_size=cfg.latency.batch_size, n_warmup=0,
                               n_batches=cfg.latency.batches, device=device, cfg=cfg.cfg,
-                              cfg_schedule=cfg.cfg_schedule, temperature=cfg.temperature, dtype=AMP[cfg.dtype],
+                              cfg_schedule=cfg.cfg_schedule, temperature=cfg.temperature, dtype=amp or torch.float32,
                               engine=cfg.engine)
         record = run_record(cfg, device_name(device), batch_size=cfg.latency.batch_size,
                             images=cfg.latency.batch_size * cfg.latency.batches,

@@ -51,7 +51,7 @@ from gtr.images import save_grid, save_png
 from gtr.load import build_model, decoder, describe_weights, model_on_meta
 from gtr.prompts import is_prompt_eval, text_conditions
 from gtr.runs import (check_run, device_name, generate, git_commit, image_settings, make_labels, num_images,
-                      pick_device, settings_hash)
+                      pick_device, precision, settings_hash)
 
 ROOT = Path(__file__).resolve().parents[1]
 FIXED_TIME = (1980, 1, 1, 0, 0, 0)  # zip entry time: the same npz bytes for the same images
@@ -144,7 +144,7 @@ def write_run_json(out, cfg, device, world, status, weights):
     record = {
         "status": status, "table": cfg.table, "key": cfg.key, "model": cfg.model.key, "method": cfg.method.name,
         "num_images": num_images(cfg), "seed": cfg.seed, "batch_size": cfg.batch_size, "world_size": world,
-        "device": device_name(device), "engine": cfg.engine, "dtype": cfg.dtype, "tf32": cfg.tf32,
+        "device": device_name(device), "engine": cfg.engine, "dtype": cfg.dtype, "precision": cfg.precision, "tf32": cfg.tf32,
         "torch_version": torch.__version__, "git_commit": git_commit(),
         "command": " ".join([Path(sys.argv[0]).name] + sys.argv[1:]), "settings_hash": settings_hash(cfg),
         "out_dir": str(out), "images_made": sum(r["images"] for r in sessions),
@@ -232,7 +232,7 @@ def run(cfg, out):
     """Make (or finish) the run of `cfg` in the folder `out`. Every check comes before any weights load."""
     method = check_run(cfg, model_on_meta(cfg.model))
     rank, world, device = setup(cfg)
-    model = build_model(cfg.model, device, checkpoint=cfg.checkpoint)
+    model = build_model(cfg.model, device, checkpoint=cfg.checkpoint, dtype=precision(cfg)[0])
     weights = describe_weights(cfg.model, cfg.checkpoint)  # file, URL, entry and sha256 of what was loaded
     n, shard_size = num_images(cfg), int(cfg.shard_size)
     if is_prompt_eval(cfg.eval):  # text-to-image: "labels" are prompt indices (image i: prompt i // per prompt)

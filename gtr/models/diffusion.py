@@ -163,6 +163,14 @@ def sampling_diffusion(num_steps, clip_timesteps=None):
     return Diffusion(respaced_timesteps(num_steps, clip_timesteps))
 
 
+def float32_unless_autocast(out):
+    """A cast (bf16/fp16) head's output as float32, so guidance and the diffusion arithmetic run in fp32;
+    under autocast (the official fp16 protocol) the output is left as the official code leaves it."""
+    if out.dtype == torch.float32 or torch.is_autocast_enabled(out.device.type):
+        return out
+    return out.float()
+
+
 def sample_head(head, cond, process, noise, uncond=None, cfg=1.0, temperature=1.0):
     """Ancestral sampling of N tokens with `head(x, t, c, i, n) -> (eps, var)` (gtr.method.Head).
 
@@ -187,7 +195,7 @@ def sample_head(head, cond, process, noise, uncond=None, cfg=1.0, temperature=1.
         index = torch.full((n,), i, device=x.device, dtype=torch.long)
         t = process.model_timesteps(index, x)
         if guided:
-            out = head(torch.cat([x, x]), torch.cat([t, t]), c, i, steps)
+            out = float32_unless_autocast(head(torch.cat([x, x]), torch.cat([t, t]), c, i, steps))
             eps_c, eps_u = out[:n, :channels], out[n:, :channels]
             out = torch.cat([eps_u + cfg * (eps_c - eps_u), out[:n, channels:]], dim=1)
         else:

@@ -155,7 +155,8 @@ class TimestepEmbedder(nn.Module):
         half = self.freq_dim // 2
         freqs = torch.exp(-math.log(10000) * torch.arange(half, dtype=torch.float32, device=t.device) / half)
         args = t[:, None].float() * freqs[None]
-        return self.mlp(torch.cat([torch.cos(args), torch.sin(args)], dim=-1))
+        emb = torch.cat([torch.cos(args), torch.sin(args)], dim=-1)
+        return self.mlp(emb.to(self.mlp[0].weight.dtype))  # a model cast to bf16/fp16 embeds in its dtype
 
 
 class ResBlock(nn.Module):
@@ -199,7 +200,7 @@ class HeadMLP(nn.Module):
 
     def forward(self, x, t, c):
         y = self.time_embed(t) + self.cond_embed(c)
-        x = self.input_proj(x)
+        x = self.input_proj(x.to(self.input_proj.weight.dtype))  # the sampler's fp32 tokens into a cast head
         for block in self.res_blocks:
             x = block(x, y)
         return self.final_layer(x, y)

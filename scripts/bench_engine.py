@@ -1,0 +1,263 @@
+"""The sampling engine against the official code, on this CPU, in one process (make bench-engine).
+
+    python scripts/bench_engine.py --official PATH/TO/LTH14-mar            # make bench-engine OFFICIAL=PATH
+    python scripts/bench_engine.py --steps 16 --throughput-batch 0         # ours only, a quick look
+
+One random MAR (MAR-B by default; every parameter random, so no layer is zero) is run by the official
+`sample_tokens` (fp32, as released) and by gtr's sampler with engine=reference and engine=fast, one after
+the other for each setting (batch 1; --steps AR steps; 100 diffusion steps; cfg 3.0 linear), timing the
+components: transformer (encoder + decoder), head calls, and the rest (diffusion arithmetic, gathers,
+Python). From them: the head's achieved weight traffic (GB/s: head bytes x calls / head seconds) and the
+transformer's and the head's achieved GFLOP/s (FLOPs counted by eval/cost.py; a head call is
+bandwidth-bound at a few rows, compute-bound at many), beside this machine's streaming
+bandwidth and matmul peak measured in the same run. --throughput-batch B times one AR step's components
+at batch B (the transformer once, one 100-step head chain), for throughput.
+
+bf16: measured only where this CPU has bf16 kernels (its bf16 matmul rate beats fp32 in the probe); on
+others a line says why not. Results: <out>/bench.md and bench.json, with the command.
+"""
+import argparse
+import json
+import os
+import platform
+import resource
+import sys
+import time
+from pathlib import Path
+
+import torch
+
+from eval.cost import count_flops
+from eval.official import import_official, perturb
+from gtr.engine import FastHeadLoop, head_loop
+from gtr.method import mar
+from gtr.models.mar import build_mar
+from gtr.runs import device_name, git_commit
+from gtr.sampler import image_generator, sample
+
+HEAD = {"mar_base": (6, 1024), "mar_large": (8, 1280), "mar_huge": (12, 1536)}
+
+
+def machine_peaks():
+    """This machine's fp32 and bf16 matmul rate (GFLOP/s, 2048^3) and streaming read bandwidth (GB/s,
+    a 512 MB sum), at the current thread count."""
+    def best(fn, reps=3):
+        fn()
+        times = []
+        for _ in range(reps):
+            start = time.perf_counter()
+            fn()
+            times.append(time.perf_counter() - start)
+        return min(times)
+    peaks = {}
+    for name, dtype in (("fp32", torch.float32), ("bf16", torch.bfloat16)):
+        size = 2048 if dtype == torch.float32 else 256  # a CPU without bf16 kernels crawls: probe small
+        a, b = torch.randn(size, size, dtype=dtype), torch.randn(size, size, dtype=dtype)
+        peaks[f"matmul_{name}_GFLOPs"] = 2 * size ** 3 / best(lambda: a @ b) / 1e9
+    x = torch.randn(128 * 1024 * 1024)
+    peaks["stream_GBs"] = x.numel() * 4 / best(x.sum) / 1e9
+    return peaks
+
+
+class Timer:
+    """Wraps callables to add their wall time and call count to a slot."""
+
+    def __init__(self):
+        self.seconds, self.calls = {}, {}
+
+    def wrap(self, slot, fn):
+        self.seconds.setdefault(slot, 0.0)
+        self.calls.setdefault(slot, 0)
+
+        def run(*args, **kwargs):
+            start = time.perf_counter()
+            out = fn(*args, **kwargs)
+            self.seconds[slot] += time.perf_counter() - start
+            self.calls[slot] += 1
+            return out
+        return run
+
+
+def run_official(theirs, steps, batch, cfg):
+    timer = Timer()
+    original = theirs.forward_mae_encoder, theirs.forward_mae_decoder, theirs.diffloss.net.forward
+    theirs.forward_mae_encoder = timer.wrap("transformer", original[0])
+    theirs.forward_mae_decoder = timer.wrap("transformer", original[1])
+    theirs.diffloss.net.forward = timer.wrap("head", original[2])
+    try:
+        torch.manual_seed(0)
+        start = time.perf_counter()
+        with torch.no_grad():
+            theirs.sample_tokens(batch, num_iter=steps, cfg=cfg, cfg_schedule="linear",
+                                 labels=torch.arange(batch) % 1000, temperature=1.0)
+        total = time.perf_counter() - start
+    finally:
+        theirs.forward_mae_encoder, theirs.forward_mae_decoder = original[0], original[1]
+        del theirs.diffloss.net.forward
+    return total, timer
+
+
+def run_ours(model, engine, steps, batch, cfg):
+    timer = Timer()
+    loop = head_loop(model, engine)
+    model.condition = timer.wrap("transformer", type(model).condition.__get__(model))
+    if isinstance(loop, FastHeadLoop):
+        loop.net_out = timer.wrap("head", loop.net_out)
+    else:
+        model.head = timer.wrap("head", type(model).head.__get__(model))
+    try:
+        start = time.perf_counter()
+        sample(model, mar(steps, 100), torch.arange(batch) % 1000, [image_generator(0, i) for i in range(batch)],
+               cfg=cfg, head_loop=loop)
+        total = time.perf_counter() - start
+    finally:
+        del model.condition
+        model.__dict__.pop("head", None)
+    return total, timer
+
+
+def row(system, steps, batch, total, timer, head_bytes, transformer_flops, head_flops, peaks):
+    head_s, trans_s = timer.seconds.get("head", 0.0), timer.seconds.get("transformer", 0.0)
+    head_calls = timer.calls.get("head", 0)
+    gbs = head_bytes * head_calls / head_s / 1e9 if head_s else None
+    gflops = transformer_flops * batch / trans_s / 1e9 if trans_s else None
+    return {"system": system, "ar_steps": steps, "batch": batch, "seconds": total,
+            "seconds_per_image": total / batch, "transformer_s": trans_s, "head_s": head_s,
+            "rest_s": total - head_s - trans_s, "head_calls": head_calls, "head_GBs": gbs,
+            "head_bandwidth_fraction": gbs / peaks["stream_GBs"] if gbs else None,
+            "head_GFLOPs": head_flops * batch / head_s / 1e9 if head_s else None,
+            "transformer_GFLOPs": gflops,
+            "transformer_peak_fraction": gflops / peaks["matmul_fp32_GFLOPs"] if gflops else None,
+            "peak_rss_GB_so_far": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1e6}
+
+
+def throughput(model, theirs, batch, cfg, steps=64):
+    """One AR step's components at `batch` images (the first step of a `steps`-step run: the transformer
+    on the class buffer only, then one 100-step head chain for its tokens), per system."""
+    from gtr.method import PlainHead
+    from gtr.models.diffusion import sample_head, sampling_diffusion
+    n = mar(steps).counts((model.seq_h, model.seq_w))[0]
+    g = torch.Generator().manual_seed(0)
+    tokens = torch.zeros(2 * batch, model.seq_len, model.token_dim)
+    known = torch.zeros(2 * batch, 0, dtype=torch.long)
+    labels = torch.arange(batch) % 1000
+    emb = torch.cat([model.embed_condition(labels), model.unconditional_embedding(batch)])
+    z = torch.randn(batch * n, model.config.width, generator=g)
+    noise = torch.randn(batch * n, 101, model.token_dim, generator=g)
+    out = {}
+    with torch.no_grad():
+        for system in ("official", "reference", "fast"):
+            if system == "official" and theirs is None:
+                continue
+            start = time.perf_counter()
+            if system == "official":
+                mask = torch.ones(2 * batch, model.seq_len)
+                cls = torch.cat([theirs.class_emb(labels), theirs.fake_latent.repeat(batch, 1)])
+                theirs.forward_mae_decoder(theirs.forward_mae_encoder(tokens, mask, cls), mask)
+            else:
+                model.condition(tokens, known, emb)
+            middle = time.perf_counter()
+            if system == "official":
+                torch.manual_seed(0)
+                theirs.diffloss.sample(torch.cat([z, z]), 1.0, 3.0)
+            else:
+                loop = sample_head if system == "reference" else FastHeadLoop(model)
+                loop(PlainHead(model), z, sampling_diffusion(100), noise, uncond=z, cfg=3.0)
+            end = time.perf_counter()
+            out[system] = {"batch": batch, "tokens_per_image": n, "transformer_s": middle - start,
+                           "head_chain_s": end - middle}
+    return out
+
+
+def report(path, result):
+    p, lines = result["peaks"], []
+    lines += [f"# Engine benchmark: {result['model']}, {result['threads']} threads", "",
+              f"Command: `{result['command']}`  ", f"Machine: {result['device']}; torch {result['torch']}; "
+              f"git {result['git_commit']}; {result['date']}", "",
+              f"Measured in this run: fp32 matmul {p['matmul_fp32_GFLOPs']:.1f} GFLOP/s, bf16 matmul "
+              f"{p['matmul_bf16_GFLOPs']:.1f} GFLOP/s, streaming read {p['stream_GBs']:.1f} GB/s.", "",
+              "| AR steps | batch | system | s/image | vs official | transformer s | head s | rest s | head calls "
+              "| head GB/s (of stream) | head GFLOP/s | transformer GFLOP/s (of peak) |", "|" + "---|" * 12]
+    official = {(r["ar_steps"], r["batch"]): r["seconds_per_image"] for r in result["rows"] if r["system"] == "official"}
+    for r in result["rows"]:
+        ref = official.get((r["ar_steps"], r["batch"]))
+        ratio = f"{r['seconds_per_image'] / ref:.3f}" if ref else "-"
+        lines.append(f"| {r['ar_steps']} | {r['batch']} | {r['system']} | {r['seconds_per_image']:.2f} | {ratio} "
+                     f"| {r['transformer_s']:.2f} | {r['head_s']:.2f} | {r['rest_s']:.2f} | {r['head_calls']} "
+                     f"| {r['head_GBs']:.1f} ({r['head_bandwidth_fraction']:.0%}) | {r['head_GFLOPs']:.1f} "
+                     f"| {r['transformer_GFLOPs']:.1f} ({r['transformer_peak_fraction']:.0%}) |")
+    if result.get("throughput"):
+        lines += ["", f"Batch {next(iter(result['throughput'].values()))['batch']}, one AR step's components "
+                  "(first step of 64: transformer on the buffer, one 100-step head chain):", "",
+                  "| system | transformer s | head chain s |", "|---|---|---|"]
+        for system, t in result["throughput"].items():
+            lines.append(f"| {system} | {t['transformer_s']:.2f} | {t['head_chain_s']:.2f} |")
+    lines += ["", result["bf16"], ""]
+    path.write_text("\n".join(lines))
+
+
+def main():
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--official", help="path to a LTH14/mar checkout (without it: ours only)")
+    p.add_argument("--model", default="mar_base", choices=sorted(HEAD))
+    p.add_argument("--steps", type=int, nargs="+", default=[16, 64], help="AR steps of the batch-1 runs")
+    p.add_argument("--throughput-batch", type=int, default=32, help="batch of the one-AR-step timing (0: skip)")
+    p.add_argument("--threads", type=int, default=2)
+    p.add_argument("--cfg", type=float, default=3.0)
+    p.add_argument("--out", default="outputs/engine", help="folder for bench.md and bench.json "
+                   "(results/engine holds the committed ones)")
+    args = p.parse_args()
+    if any(s < 1 or s > 256 for s in args.steps) or args.throughput_batch < 0 or args.threads < 1:
+        sys.exit("error: --steps must be in 1..256, --throughput-batch >= 0, --threads >= 1")
+    official_mar = import_official(os.path.abspath(args.official)) if args.official else None
+    torch.set_num_threads(args.threads)
+    out = Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
+    peaks = machine_peaks()
+    print("peaks:", {k: round(v, 1) for k, v in peaks.items()}, flush=True)
+
+    model = build_mar(args.model).eval()
+    perturb(model, torch.Generator().manual_seed(0))
+    theirs = None
+    if official_mar is not None:
+        depth, width = HEAD[args.model]
+        theirs = getattr(official_mar, args.model)(buffer_size=64, diffloss_d=depth, diffloss_w=width,
+                                                    num_sampling_steps="100").eval()
+        theirs.load_state_dict(model.state_dict(), strict=True)
+    head_bytes = sum(p.numel() * p.element_size() for p in model.diffloss.net.parameters())
+    with torch.device("meta"):
+        meta = build_mar(args.model)
+    rows = []
+    sample(model, mar(2, 2), torch.tensor([0]), [image_generator(0, 0)], cfg=args.cfg)  # warm-up
+    for steps in args.steps:
+        counted = count_flops(meta, mar(steps, 100), cfg=args.cfg, include_vae=False)
+        flops, head_flops = counted["encdec_T"] * 1e12, counted["head_T"] * 1e12
+        runs = ([("official", lambda: run_official(theirs, steps, 1, args.cfg))] if theirs is not None else []) + [
+            (engine, lambda engine=engine: run_ours(model, engine, steps, 1, args.cfg)) for engine in ("reference", "fast")]
+        for system, fn in runs:
+            total, timer = fn()
+            rows.append(row(system, steps, 1, total, timer, head_bytes, flops, head_flops, peaks))
+            r = rows[-1]
+            print(f"{steps:3d} AR steps  {system:<9} {total:8.2f} s  transformer {r['transformer_s']:.2f}  head "
+                  f"{r['head_s']:.2f} ({r['head_GBs']:.1f} GB/s)  rest {r['rest_s']:.2f}", flush=True)
+    result = {"model": args.model, "threads": args.threads, "command": "python " + " ".join(sys.argv),
+              "device": device_name("cpu"), "machine": platform.machine(), "torch": torch.__version__,
+              "git_commit": git_commit(), "date": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()),
+              "peaks": peaks, "rows": rows, "head_bytes": head_bytes}
+    if args.throughput_batch:
+        result["throughput"] = throughput(model, theirs, args.throughput_batch, args.cfg)
+        print("throughput:", result["throughput"], flush=True)
+    if peaks["matmul_bf16_GFLOPs"] < peaks["matmul_fp32_GFLOPs"]:
+        result["bf16"] = (f"bf16: not measured. This CPU has no fast bf16 kernels: its bf16 matmul runs at "
+                          f"{peaks['matmul_bf16_GFLOPs']:.1f} GFLOP/s against {peaks['matmul_fp32_GFLOPs']:.1f} "
+                          "fp32 (no avx512_bf16/AMX); run this on such a CPU.")
+    else:
+        result["bf16"] = "bf16: this CPU has bf16 kernels; a bf16 engine row is not implemented yet."
+    print(result["bf16"], flush=True)
+    (out / "bench.json").write_text(json.dumps(result, indent=1) + "\n")
+    report(out / "bench.md", result)
+    print(f"wrote {out / 'bench.md'}", flush=True)
+
+
+if __name__ == "__main__":
+    main()
