@@ -31,7 +31,8 @@ def run_record(cfg, device, batch_size=1, images=None, **measured):
         "family": method.get("family", method.name), "group": cfg.get("group"), "baseline": cfg.get("baseline"),
         "compare_with": cfg.get("compare_with") or cfg.key, "config": OmegaConf.to_container(cfg, resolve=True),
         "command": command_line(), "git_commit": git_commit(), "torch_version": torch.__version__,
-        "device": device, "engine": cfg.get("engine", "reference"), "dtype": cfg.dtype, "precision": cfg.get("precision", "autocast"), "batch_size": int(batch_size),
+        "device": device, "engine": cfg.get("engine", "reference"), "dtype": cfg.dtype,
+        "precision": cfg.get("precision", "autocast"), "batch_size": int(batch_size),
         "num_images": int(images if images is not None else num_images(cfg)),
     }
     record.update(measured)

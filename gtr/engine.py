@@ -21,10 +21,9 @@ loop: the fast loop runs only the model's own head.
 import torch
 import torch.nn.functional as F
 
+from gtr.config import ENGINES
 from gtr.method import PlainHead
 from gtr.models.diffusion import float32_unless_autocast, sample_head
-
-from gtr.config import ENGINES  # noqa: F401  (the names, for callers)
 
 
 def head_loop(model, engine="reference"):

@@ -30,7 +30,8 @@ import torch
 from eval.cost import count_flops
 from eval.official import import_official, perturb
 from gtr.engine import FastHeadLoop, head_loop
-from gtr.method import mar
+from gtr.method import PlainHead, mar
+from gtr.models.diffusion import sample_head, sampling_diffusion
 from gtr.models.mar import build_mar
 from gtr.runs import device_name, git_commit
 from gtr.sampler import image_generator, sample
@@ -134,8 +135,6 @@ def row(system, steps, batch, total, timer, head_bytes, transformer_flops, head_
 def throughput(model, theirs, batch, cfg, steps=64):
     """One AR step's components at `batch` images (the first step of a `steps`-step run: the transformer
     on the class buffer only, then one 100-step head chain for its tokens), per system."""
-    from gtr.method import PlainHead
-    from gtr.models.diffusion import sample_head, sampling_diffusion
     n = mar(steps).counts((model.seq_h, model.seq_w))[0]
     g = torch.Generator().manual_seed(0)
     tokens = torch.zeros(2 * batch, model.seq_len, model.token_dim)

@@ -55,7 +55,8 @@ def main(argv=None):
             models[spec] = model = build_model(cfg.model, device, checkpoint=cfg.checkpoint, dtype=cast)
             if cfg.latency.warmup:  # kernels, allocator and caches warmed up once per model
                 measure_latency(model, mar(2, 2), batch_size=cfg.latency.batch_size, n_warmup=0,
-                                n_batches=cfg.latency.warmup, device=device, cfg=cfg.cfg, cfg_schedule=cfg.cfg_schedule)
+                                n_batches=cfg.latency.warmup, device=device, cfg=cfg.cfg, cfg_schedule=cfg.cfg_schedule,
+                                engine=cfg.engine)
         lat = measure_latency(models[spec], method, batch_size=cfg.latency.batch_size, n_warmup=0,
                               n_batches=cfg.latency.batches, device=device, cfg=cfg.cfg,
                               cfg_schedule=cfg.cfg_schedule, temperature=cfg.temperature, dtype=amp or torch.float32,
