@@ -8,7 +8,7 @@ FASHION := /usr/share/datasets/fashion-mnist/train-images-idx3-ubyte.gz
 TORCH := torch==2.14.1 torchvision==0.29.1
 
 .PHONY: help install data test demo train-tiny flops latency-cpu bench-engine tables results weights verify-official verify-baselines \
-        verify-lazymar verify-lightgen gpu-check gpu-wheels reproduce-table1 reproduce-table2 reproduce-table3 reproduce-table4 reproduce-table5 clean
+        verify-lazymar verify-recap verify-lightgen bench-tiny gpu-check gpu-wheels reproduce-table1 reproduce-table2 reproduce-table3 reproduce-table4 reproduce-table5 clean
 
 help:  ## list the targets
 	@grep -E '^[a-zA-Z0-9_ -]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  %-20s %s\n", $$1, $$2}'
@@ -46,12 +46,17 @@ latency-cpu: $(STAMP)  ## CPU latency of Table 1's rows here, random weights: ma
 bench-engine: $(STAMP)  ## the engine vs the official code, MAR-B batch 1 on this CPU: make bench-engine OFFICIAL=path/to/LTH14-mar
 	$(PY) scripts/bench_engine.py $(if $(OFFICIAL),--official $(OFFICIAL)) --out $(or $(OUT),outputs/engine) $(ARGS)
 
+bench-tiny: $(STAMP) data  ## the tiny world as evidence: demo rows + Pareto sweeps at 1000 images, intervals, claims (~1 h CPU, resumable) -> outputs/bench_tiny/
+	$(PY) scripts/demo.py experiment=bench_tiny $(ARGS)
+	$(PY) scripts/demo.py experiment=bench_tiny_sweeps $(ARGS)
+
 tables: $(STAMP)  ## the paper's tables beside our run records (outputs/runs) -> outputs/table*.md
 	$(PY) scripts/tables.py $(ARGS)
 
 results: $(STAMP) data  ## regenerate the committed results/ (FLOPs, tiny world, tables): edits tracked files
 	$(PY) scripts/flops.py records=results
-	$(PY) scripts/demo.py records=results
+	$(PY) scripts/demo.py experiment=bench_tiny records=results demo.out=demo
+	$(PY) scripts/demo.py experiment=bench_tiny_sweeps records=results demo.out=demo
 	$(PY) scripts/tables.py records=results
 
 weights: $(STAMP)  ## download the official MAR-B/L/H checkpoints, KL-16 VAE and ADM FID stats (once, resumable)
@@ -85,6 +90,10 @@ verify-baselines:  ## Halton and DiSA vs their official code: make verify-baseli
 verify-lazymar:  ## compare LazyMAR with the official code: make verify-lazymar OFFICIAL=path/to/LazyMAR
 	$(PY) -m pip install -q timm
 	$(PY) scripts/verify_lazymar.py --official $(OFFICIAL)
+
+verify-recap:  ## compare ReCAP with the official code: make verify-recap OFFICIAL=path/to/ReCAP
+	$(PY) -m pip install -q timm
+	$(PY) scripts/verify_recap.py --official $(OFFICIAL)
 
 verify-lightgen:  ## compare with the official LightGen code: make verify-lightgen OFFICIAL=path/to/LightGen
 	$(PY) -m pip install -q timm

@@ -44,6 +44,7 @@ FLOPs (eval/cost.py, mar_base, one image, CFG, 100 head steps): 64 AR steps 5.26
 import torch
 import torch.nn.functional as F
 
+from baselines.blocks import attend, heads_index, qkv, seq_index
 from gtr.method import ConstantSteps, CosineCounts, Method, PlainHead, RandomOrder
 from gtr.models.mar import modulate
 from gtr.sampler import put, take
@@ -83,34 +84,6 @@ def keep_ratio(index, num_steps, ratios=RETAIN_RATIOS, mode="index"):
         raise ValueError(f"unknown LazyMAR mode {mode!r}; choose one of {MODES}")
     position = index if mode == "index" else index * len(ratios) // num_steps
     return ratios[min(position, len(ratios) - 1)]
-
-
-# ---------------------------------------------------------------- block internals
-def _qkv(block, h):
-    """q, k, v (B, heads, n, head_dim) of a block's attention, computed as the model's Attention does."""
-    b, n, d = h.shape
-    heads = block.attn.num_heads
-    q, k, v = block.attn.qkv(h).view(b, n, 3, heads, d // heads).permute(2, 0, 3, 1, 4)
-    return q, k, v
-
-
-def _attend(block, q, k, v):
-    """Attention of queries q over keys/values k, v, then the block's output projection."""
-    b, heads, n, hd = q.shape
-    x = F.scaled_dot_product_attention(q, k, v)
-    return block.attn.proj(x.transpose(1, 2).reshape(b, n, heads * hd))
-
-
-def _heads_index(index, like):
-    """index (B, n) expanded to gather/scatter the sequence dim of like (B, H, N, hd)."""
-    return index[:, None, :, None].expand(-1, like.shape[1], -1, like.shape[3])
-
-
-def _seq_index(model, positions):
-    """Sequence rows (buffer slots first) of token positions (B, n), with the buffer: (B, buffer + n)."""
-    b = positions.shape[0]
-    buffer = torch.arange(model.buffer_size, device=positions.device).expand(b, -1)
-    return torch.cat([buffer, positions + model.buffer_size], dim=1)
 
 
 def _double(x, rows):
@@ -207,13 +180,13 @@ class LazyMAR:
 
     # ---- full steps: plain MAR, keeping what lazy steps reuse ----
     def _full(self, model, tokens, known, class_emb, rows, cfg_cache):
-        keep = _seq_index(model, known)
+        keep = seq_index(model, known)
         x = take(model.encoder_input(tokens, class_emb), keep)
         if self.encoder_cache:
             self._enc_k, self._enc_v = [], []
         for block in model.encoder_blocks:
-            q, k, v = _qkv(block, block.norm1(x))
-            x = x + _attend(block, q, k, v)
+            q, k, v = qkv(block, block.norm1(x))
+            x = x + attend(block, q, k, v)
             x = x + block.mlp(block.norm2(x))
             if self.encoder_cache:
                 self._enc_k.append(self._by_position(model, k[:rows], keep[:rows]))
@@ -222,8 +195,8 @@ class LazyMAR:
         if self.encoder_cache:
             self._dec_in = x[:rows]
         for i, block in enumerate(model.decoder_blocks):
-            q, k, v = _qkv(block, block.norm1(x))
-            x = x + _attend(block, q, k, v)
+            q, k, v = qkv(block, block.norm1(x))
+            x = x + attend(block, q, k, v)
             x = x + block.mlp(block.norm2(x))
             if self.decoder_pruning and i == self.prune_layer:
                 self._v_prev = v[:rows]
@@ -246,19 +219,19 @@ class LazyMAR:
         """K or V (B, H, n, hd) of the rows `keep` laid out by sequence row (B, H, buffer + L, hd)."""
         b, h, _, hd = kv.shape
         out = kv.new_zeros(b, h, model.buffer_size + model.seq_len, hd)
-        return out.scatter(2, _heads_index(keep, kv), kv)
+        return out.scatter(2, heads_index(keep, kv), kv)
 
     # ---- lazy steps ----
     def _lazy(self, model, tokens, known, class_emb, step, rows):
         """The last decoder layer's output (rows, buffer + L, D) on a lazy step."""
-        keep = _seq_index(model, known[:rows])
+        keep = seq_index(model, known[:rows])
         if self.encoder_cache:
             x = self._lazy_encoder(model, tokens[:rows], class_emb[:rows], keep, rows)
         else:
             x = take(model.encoder_input(tokens[:rows], class_emb[:rows]), keep)
             for block in model.encoder_blocks:
-                q, k, v = _qkv(block, block.norm1(x))
-                x = x + _attend(block, q, k, v)
+                q, k, v = qkv(block, block.norm1(x))
+                x = x + attend(block, q, k, v)
                 x = x + block.mlp(block.norm2(x))
             x = self._decoder_input(model, model.encoder_norm(x), keep)
         return self._lazy_decoder(model, x, step, rows)
@@ -267,15 +240,15 @@ class LazyMAR:
         """Encoder on the buffer and the newly known tokens only, over the K/V cache of all known tokens
         (fact: feihongyan1/LazyMAR basic.py EncoderAttention: lazy steps write the new tokens' and the
         buffer's K/V into the cache and attend over all cached K/V); returns the updated decoder input."""
-        new = _seq_index(model, _double(self._prev_predict, rows))
+        new = seq_index(model, _double(self._prev_predict, rows))
         x = take(model.encoder_input(tokens, class_emb), new)
         for layer, block in enumerate(model.encoder_blocks):
-            q, k, v = _qkv(block, block.norm1(x))
-            self._enc_k[layer] = self._enc_k[layer].scatter(2, _heads_index(new, k), k)
-            self._enc_v[layer] = self._enc_v[layer].scatter(2, _heads_index(new, v), v)
-            cached_k = torch.gather(self._enc_k[layer], 2, _heads_index(keep, k))
-            cached_v = torch.gather(self._enc_v[layer], 2, _heads_index(keep, v))
-            x = x + _attend(block, q, cached_k, cached_v)
+            q, k, v = qkv(block, block.norm1(x))
+            self._enc_k[layer] = self._enc_k[layer].scatter(2, heads_index(new, k), k)
+            self._enc_v[layer] = self._enc_v[layer].scatter(2, heads_index(new, v), v)
+            cached_k = torch.gather(self._enc_k[layer], 2, heads_index(keep, k))
+            cached_v = torch.gather(self._enc_v[layer], 2, heads_index(keep, v))
+            x = x + attend(block, q, cached_k, cached_v)
             x = x + block.mlp(block.norm2(x))
         # Only the buffer and the new rows of the decoder input change (fact: feihongyan1/LazyMAR
         # mar_cache.py: torch.where(prev_mask_to_pred_with_buffer, x, cache['encoder_output'])).
@@ -290,18 +263,18 @@ class LazyMAR:
         before its MLP; DecoderAttention: pruned queries attend over the K/V cache)."""
         chosen = None
         for i, block in enumerate(model.decoder_blocks):
-            q, k, v = _qkv(block, block.norm1(x))
+            q, k, v = qkv(block, block.norm1(x))
             if chosen is None:
-                x = x + _attend(block, q, k, v)
+                x = x + attend(block, q, k, v)
                 if self.decoder_pruning and i == self.prune_layer:
                     chosen = self._select(model, v, step, rows)
                     self._v_prev = v
                     x = take(x, chosen)
             else:
-                index = _heads_index(chosen, k)
+                index = heads_index(chosen, k)
                 self._dec_k[i] = self._dec_k[i].scatter(2, index, k)
                 self._dec_v[i] = self._dec_v[i].scatter(2, index, v)
-                x = x + _attend(block, q, self._dec_k[i], self._dec_v[i])
+                x = x + attend(block, q, self._dec_k[i], self._dec_v[i])
             x = x + block.mlp(block.norm2(x))
         if chosen is not None:
             x = put(self._hidden, chosen, x)

@@ -36,7 +36,8 @@ def plot_quality_vs_cost(points, path, x="flops", y="fid", xlabel="FLOPs per ima
 
     points: a DataFrame with columns panel, family, label, sweep (points of one sweep are joined, in
     x order; empty: not joined), side ("ours" filled markers / "paper" hollow), `x`, `y`, and optionally
-    `y`_lo / `y`_hi (a 95% interval, drawn as an error bar) and `x`_lo / `x`_hi.
+    `y`_lo / `y`_hi (a 95% interval, drawn as an error bar) and `x`_lo / `x`_hi, and `front` (True: the
+    point is on a Pareto front, ringed in black).
     """
     from matplotlib.backends.backend_agg import FigureCanvasAgg
     from matplotlib.figure import Figure
@@ -65,6 +66,8 @@ def plot_quality_vs_cost(points, path, x="flops", y="fid", xlabel="FLOPs per ima
                 xerr = [[p[x] - p[f"{x}_lo"]], [p[f"{x}_hi"] - p[x]]]
             ax.errorbar([p[x]], [p[y]], yerr=yerr, xerr=xerr, fmt="o", color=color, ecolor=color, elinewidth=0.8,
                         capsize=2, markersize=5, markerfacecolor="none" if hollow else color, zorder=2)
+            if bool(p.get("front", False)):
+                ax.scatter([p[x]], [p[y]], s=110, facecolors="none", edgecolors="k", linewidths=0.8, zorder=3)
             ax.annotate(str(p["label"]), (p[x], p[y]), textcoords="offset points", xytext=(4, 3), fontsize=6,
                         color=color)
         ax.set_title(str(panel))
@@ -78,10 +81,10 @@ def plot_quality_vs_cost(points, path, x="flops", y="fid", xlabel="FLOPs per ima
     if {"ours", "paper"} <= set(data["side"]):
         handles += [Line2D([], [], color="k", marker="o", markerfacecolor="none", linestyle="--", label="paper"),
                     Line2D([], [], color="k", marker="o", linestyle="-", label="ours")]
-    fig.legend(handles=handles, loc="upper center", ncol=min(len(handles), 8), fontsize=8, frameon=False)
+    fig.legend(handles=handles, loc="upper center", ncol=min(len(handles), 5), fontsize=8, frameon=False)
     if title:
         fig.suptitle(title, y=0.02, fontsize=8)
-    fig.tight_layout(rect=(0, 0.04 if title else 0, 1, 0.9))
+    fig.tight_layout(rect=(0, 0.04 if title else 0, 1, 0.9 if len(handles) <= 5 else 0.85))
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     fig.savefig(path, dpi=130)

@@ -345,6 +345,12 @@ def reference_flops() -> dict:
     return {r.key: (r.flops_T, r.compare, r.source) for r in table.itertuples()}
 
 
+def method_tag(record):
+    """The method's tag in a record's config ("" in records of older versions, which name the method only)."""
+    method = record["config"].get("method")
+    return method.get("tag", "") if isinstance(method, dict) else ""
+
+
 def flops_markdown(records, command, sd35_vae_T=None) -> str:
     """The FLOPs report: every record (eval/records.py, written by scripts/flops.py) beside the paper's
     number for its `compare_with` row and the official-code count, then Table 2's FLOPs ratios beside the
@@ -371,7 +377,7 @@ def flops_markdown(records, command, sd35_vae_T=None) -> str:
         p = paper.get(r["compare_with"])
         conv, exact = r["flops_paper_convention_T"], r["flops_T"]
         ref = reference.get(r["key"])
-        tag = r["config"]["method"].get("tag", "")
+        tag = method_tag(r)
         lines.append("| " + " | ".join([
             str(r["table"]), r["key"], r["compare_with"] or "–", r["model"], f"{r['method']} ({tag})", fmt(exact),
             fmt(conv), fmt(p, 2), fmt(None if p is None else conv - p, signed=True),
@@ -393,6 +399,6 @@ def flops_markdown(records, command, sd35_vae_T=None) -> str:
                   "|---|---|---|---|---|---|---|"]
         for r in table2:
             ratio = None if base is None else base / r["flops_T"]
-            lines.append(f"| {r['key']} | {r['method']} ({r['config']['method'].get('tag', '')}) | {fmt(r['flops_T'])} | "
+            lines.append(f"| {r['key']} | {r['method']} ({method_tag(r)}) | {fmt(r['flops_T'])} | "
                          f"{fmt(r['encdec_T'])} | {fmt(r['head_T'])} | {fmt(ratio, 2)} | {fmt(speeds.get(r['key']), 2)} |")
     return "\n".join(lines) + "\n"

@@ -142,7 +142,8 @@ def check_values(cfg):
     need(_is_int(cfg.seed, 0), f"seed must be a non-negative integer, got {cfg.seed!r}")
     need(_is_number(cfg.cfg) and cfg.cfg >= 0, f"cfg (guidance scale) must be a number >= 0, got {cfg.cfg!r} "
          "(1: no guidance; between 0 and 1: towards the unconditional model)")
-    need(cfg.cfg_schedule in ("linear", "constant"), f"cfg_schedule must be linear or constant, got {cfg.cfg_schedule!r}")
+    need(cfg.cfg_schedule in ("linear", "linear_exact", "constant"),
+         f"cfg_schedule must be linear, linear_exact or constant, got {cfg.cfg_schedule!r}")
     need(_is_number(cfg.temperature) and cfg.temperature >= 0,
          f"temperature must be a number >= 0 (0: no noise after the first draw), got {cfg.temperature!r}")
     for knob in ("batch_size", "shard_size"):

@@ -35,6 +35,8 @@ class Step:
     predict: torch.Tensor         # (B, n) positions predicted at this step, ascending
     guided: bool                  # classifier-free guidance on (batch doubled: cond rows then uncond rows)
     generators: list = field(default_factory=list)  # per-image torch.Generators (for random slot choices)
+    orders: torch.Tensor = None   # (B, L) every image's generation order (first generated first), as the
+                                  # sampler runs it: which positions the coming steps will predict
 
 
 # ---------------------------------------------------------------- the cache contract

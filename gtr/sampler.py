@@ -24,12 +24,15 @@ def image_generator(seed, index):
 
 def cfg_scale(cfg, schedule, seq_len, remaining):
     """Guidance at a step after which `remaining` tokens stay masked (MAR: linear in the generated
-    fraction, counting at least one masked token, as the official clamp does at the last step)."""
+    fraction, counting at least one masked token, as the official clamp does at the last step;
+    linear_exact: without that clamp; constant: cfg at every step)."""
     if schedule == "constant":
         return cfg
     if schedule == "linear":
         return 1 + (cfg - 1) * (seq_len - max(remaining, 1)) / seq_len
-    raise ValueError(f"unknown cfg_schedule {schedule!r}; choose 'linear' or 'constant'")
+    if schedule == "linear_exact":  # linear without the clamp: the last step gets cfg itself (ReCAP's code)
+        return 1 + (cfg - 1) * (seq_len - remaining) / seq_len
+    raise ValueError(f"unknown cfg_schedule {schedule!r}; choose 'linear', 'linear_exact' or 'constant'")
 
 
 def validate_schedule(counts, seq_len):
@@ -54,7 +57,8 @@ def sample(model, method, labels, generators, cfg=1.0, cfg_schedule="linear", te
     labels: one condition per image, given to model.embed_condition: class ids (B,) for MAR (-1:
     unconditional), T5 states (B, max_length, 4096) for LightGen.
     generators: one torch.Generator per image (see image_generator).
-    cfg / cfg_schedule: guidance scale and 'linear' (MAR) or 'constant' schedule; cfg == 1: no guidance.
+    cfg / cfg_schedule: guidance scale and 'linear' (MAR), 'linear_exact' (ReCAP) or 'constant' schedule;
+    cfg == 1: no guidance.
     A model cast to bf16/fp16 (model.to(dtype)) runs in its dtype; the tokens, the noise and the diffusion
     arithmetic stay float32 (the head's output is read as float32).
     temperature: scales the noise of each diffusion step. The diffusion process itself (respacing,
@@ -90,7 +94,7 @@ def sample(model, method, labels, generators, cfg=1.0, cfg_schedule="linear", te
     for k, n in enumerate(counts):
         known = orders[:, :done].sort(dim=1).values.to(device)
         predict = orders[:, done:done + n].sort(dim=1).values.to(device)
-        step = Step(k, len(counts), counts, grid, known, predict, guided, generators)
+        step = Step(k, len(counts), counts, grid, known, predict, guided, generators, orders)
         x_in = (torch.cat([tokens, tokens]) if guided else tokens).to(model.fake_latent.dtype)
         known_in = torch.cat([known, known]) if guided else known
         z = cache.condition(model, x_in, known_in, cond_emb, step)

@@ -184,6 +184,7 @@ FAST_STEPS = {  # few diffusion steps per slot class, so that 20 methods sample 
     "gtr.method.ConstantSteps": {"num_steps": 3},
     "gtr.gtr.StageSteps": {"t_max": 3, "t_min": 2, "t_rec": 2, "t_detail": 3},
     "baselines.disa.DiSASteps": {"upper": 3, "lower": 1},
+    "baselines.recap.ReCAPSteps": {"full_steps": 3, "local_steps": 2},
 }
 
 
@@ -292,6 +293,21 @@ def test_demo_experiment():
         assert c.baseline == "tiny/mar16" and build_method(c.method).steps.clip_timesteps == 950
     assert {c.key for c in rows if 5 in c.demo_tables} == {"tiny/gtr", "tiny/raster", "tiny/subsample", "tiny/random",
                                                            "tiny/gtr_enc"}
+
+
+def test_evidence_run_rows():
+    """make bench-tiny: the demo's rows at 1000 images plus one row per sweep file, into one folder; the
+    claims (configs/claims.yaml) name demo rows only, so `make demo` can test them too."""
+    demo = compose(["experiment=bench_tiny"])
+    sweeps = compose(["experiment=bench_tiny_sweeps"])
+    assert len(demo) == 21 and len(sweeps) == len(list((CONFIGS / "experiment" / "sweep").glob("*.yaml")))
+    for c in demo + sweeps:
+        assert c.n == 1000 and c.demo.out == "bench_tiny" and c.model.key == "tiny" and c.key.startswith("tiny/")
+    assert all(c.sweep for c in sweeps) and len({c.key for c in demo + sweeps}) == len(demo) + len(sweeps)
+    assert {c.key: settings_hash(c) for c in compose(["experiment=demo"])} != {c.key: settings_hash(c) for c in demo}
+    from eval.claims import load_claims
+    named = {row for claim in load_claims().values() for test in claim["tests"] for row in test[::2]}
+    assert {f"tiny/{row}" for row in named} <= {c.key for c in demo}
 
 
 def test_run_folder_encodes_the_settings():

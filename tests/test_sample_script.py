@@ -168,7 +168,7 @@ def test_a_folder_made_with_other_settings_is_not_resumed(reference, tmp_path, c
     (["seed=-1"], "seed must be a non-negative integer"),
     (["cfg=-1"], "cfg (guidance scale) must be a number >= 0"),
     (["cfg=abc"], "cfg (guidance scale) must be a number"),
-    (["cfg_schedule=cosine"], "cfg_schedule must be linear or constant"),
+    (["cfg_schedule=cosine"], "cfg_schedule must be linear, linear_exact or constant"),
     (["temperature=-0.5"], "temperature must be a number >= 0"),
     (["batch_size=0"], "batch_size must be a positive integer"),
     (["shard_size=x"], "shard_size must be a positive integer"),

@@ -77,11 +77,22 @@ def test_demo_pipeline_on_a_handful_of_images(trained, tmp_path):
     summary = (tmp_path / "demo" / "summary.csv").read_text().splitlines()
     assert summary[0].startswith("row,family,method,group,flops_G") and len(summary) == 4
     assert (tmp_path / "demo" / "fid_vs_flops.png").stat().st_size > 0
+    assert (tmp_path / "demo" / "fid_vs_latency.png").stat().st_size > 0
     assert (tmp_path / "demo" / "grids" / "gtr2.png").exists()
-    # a rerun skips finished rows and gives the same record
+    for r in records.values():  # every score inside its interval, recall without one; the barely
+        for name in ("fid", "kid", "is", "accuracy", "precision"):  # trained model can pin a rate at 0 or 1
+            assert r[f"{name}_lo"] <= r[name] <= r[f"{name}_hi"], name
+        assert r["fid_hi"] - r["fid_lo"] > 0 and r["kid_hi"] - r["kid_lo"] > 0
+        assert 0.0 <= r["recall"] <= 1.0 and "recall_lo" not in r
+    claims = (tmp_path / "demo" / "claims.md").read_text()  # C3 tests gtr vs raster; gtr was not run
+    assert "| gtr better raster | | | | | | not run (gtr missing) |" in claims
+    # a rerun skips finished rows and gives the same record; a row whose features are gone is redone
     before = (runs / "tiny__gtr2.json").read_text()
     demo.main(["experiment=demo", "+experiment/demo=gtr2", ckpt, f"records={tmp_path}", *DEMO])
     assert (runs / "tiny__gtr2.json").read_text() == before
+    (tmp_path / "demo" / "features" / "gtr2.npz").unlink()
+    demo.main(["experiment=demo", "+experiment/demo=gtr2", ckpt, f"records={tmp_path}", *DEMO])
+    assert (tmp_path / "demo" / "features" / "gtr2.npz").is_file()
     # a method of one's own becomes a row of the tables (no experiment named: experiment=tiny)
     demo.main(["method=halton", "method.num_iter=3", ckpt, f"records={tmp_path}", *DEMO])
     assert len(list(runs.glob("tiny__halton-it3*.json"))) == 1
