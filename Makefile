@@ -8,7 +8,7 @@ FASHION := /usr/share/datasets/fashion-mnist/train-images-idx3-ubyte.gz
 TORCH := torch==2.14.1 torchvision==0.29.1
 
 .PHONY: help install data test demo train-tiny flops latency-cpu bench-engine tables results weights verify-official verify-baselines \
-        verify-lazymar verify-recap verify-lightgen bench-tiny gpu-check gpu-wheels reproduce-table1 reproduce-table2 reproduce-table3 reproduce-table4 reproduce-table5 clean
+        verify-lazymar verify-recap verify-cspd verify-lightgen bench-tiny gpu-check gpu-wheels reproduce-table1 reproduce-table2 reproduce-table3 reproduce-table4 reproduce-table5 clean
 
 help:  ## list the targets
 	@grep -E '^[a-zA-Z0-9_ -]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  %-20s %s\n", $$1, $$2}'
@@ -94,6 +94,10 @@ verify-lazymar:  ## compare LazyMAR with the official code: make verify-lazymar 
 verify-recap:  ## compare ReCAP with the official code: make verify-recap OFFICIAL=path/to/ReCAP
 	$(PY) -m pip install -q timm
 	$(PY) scripts/verify_recap.py --official $(OFFICIAL)
+
+verify-cspd:  ## compare CSpD with the official code: make verify-cspd OFFICIAL=path/to/CSpD
+	$(PY) -m pip install -q timm scipy
+	$(PY) scripts/verify_cspd.py --official $(OFFICIAL)
 
 verify-lightgen:  ## compare with the official LightGen code: make verify-lightgen OFFICIAL=path/to/LightGen
 	$(PY) -m pip install -q timm

@@ -250,8 +250,10 @@ class _HeadLoop:
     def __init__(self, counting, steps, paper_clip):
         self.counting, self.steps, self.paper_clip = counting, steps, paper_clip
 
-    def __call__(self, head, cond, process, noise, uncond=None, cfg=1.0, temperature=1.0):
+    def __call__(self, head, cond, process, noise, uncond=None, cfg=1.0, temperature=1.0, trace=None):
         steps = process.num_steps
+        if trace is not None:  # shapes only: a speculative method's verification reads them on meta
+            trace.update(mean=noise[:, 0], std=noise[:, 0], log_std=noise[:, 0])
         # The paper's convention: the same T with timesteps clipped (unless the slot clips already).
         clip = self.steps.steps.clip_timesteps
         paper_steps = sampling_diffusion(self.steps.last, self.paper_clip if clip is None else clip).num_steps

@@ -31,7 +31,8 @@ def build_method(cfg_method, grid=None):
                           f"got {None if cfg_method is None else list(cfg_method)}")
     name = cfg_method.get("name", "custom")
     slots = {}
-    for slot in SLOTS:
+    hooks = SLOTS + (("verify",) if cfg_method.get("verify") is not None else ())  # speculative methods only
+    for slot in hooks:
         node = cfg_method[slot]
         target = node.get("_target_") if isinstance(node, DictConfig) else None
         if not target:
@@ -46,8 +47,8 @@ def build_method(cfg_method, grid=None):
             raise ConfigError(f"method {name!r}: cannot build its {slot} slot {target}: {cause}") from None
         except Exception as e:  # an interpolation to a missing knob, a bad value
             raise ConfigError(f"method {name!r}: cannot build its {slot} slot {target}: {type(e).__name__}: {e}") from None
-    method = Method(slots["order"], slots["counts"], slots["steps"], slots["cache"], name)
-    for slot in SLOTS:  # a slot's own check of the combination (e.g. GtR's stage counts vs its order)
+    method = Method(slots["order"], slots["counts"], slots["steps"], slots["cache"], name, slots.get("verify"))
+    for slot in hooks:  # a slot's own check of the combination (e.g. GtR's stage counts vs its order)
         check = getattr(slots[slot], "check", None)
         if check is not None:
             try:
@@ -78,4 +79,11 @@ def dry_run(method, grid):
         raise ConfigError(f"method {method.name!r}: its counts {counts} do not sum to the {h * w} tokens of the grid")
     if sorted(torch.as_tensor(order).tolist()) != list(range(h * w)):
         raise ConfigError(f"method {method.name!r}: its order is not a permutation of the {h * w} grid positions")
+    for slot in (method.cache, method.verify):  # a slot with a model of its own (a draft) checks its grid
+        check_grid = getattr(slot, "check_grid", None)
+        if check_grid is not None:
+            try:
+                check_grid(grid)
+            except ValueError as e:
+                raise ConfigError(f"method {method.name!r}: {e}") from None
     return counts

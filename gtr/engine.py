@@ -96,9 +96,10 @@ class FastHeadLoop:
                                             for i in range(process.num_steps)]
         return self.coefficient_tables[key]
 
-    def __call__(self, head, cond, process, noise, uncond=None, cfg=1.0, temperature=1.0):
-        if not (isinstance(head, PlainHead) and head.net == self.model.head):
-            return sample_head(head, cond, process, noise, uncond=uncond, cfg=cfg, temperature=temperature)
+    def __call__(self, head, cond, process, noise, uncond=None, cfg=1.0, temperature=1.0, trace=None):
+        if not (isinstance(head, PlainHead) and head.net == self.model.head) or trace is not None:
+            return sample_head(head, cond, process, noise, uncond=uncond, cfg=cfg, temperature=temperature,
+                               trace=trace)
         n, channels, steps = noise.shape[0], noise.shape[2], process.num_steps
         if n == 0:
             return noise[:, 0]

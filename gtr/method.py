@@ -9,6 +9,11 @@
     cache                    -> how the transformer and head run (what work is reused): a Cache; the
                                 default PlainCache runs the model as it is
 
+Speculative methods add one optional hook (None for every other method; see the Verify contract):
+    verify(model, tokens, record) -> tokens, after every AR step: may re-predict recent tokens with the
+                                sampler's model (the target) and replace the ones it rejects. Such a method
+                                drafts through its cache slot, which may run a second (draft) model.
+
 The sampler (gtr/sampler.py) calls the slots and knows no method names. A slot may read the
 read-only `Step` it is given; it never reaches into the model. Grids are (h, w); positions index the
 grid in raster order, p = i * w + j. Any slot may define `check(method)`, called by gtr.build when a
@@ -37,6 +42,8 @@ class Step:
     generators: list = field(default_factory=list)  # per-image torch.Generators (for random slot choices)
     orders: torch.Tensor = None   # (B, L) every image's generation order (first generated first), as the
                                   # sampler runs it: which positions the coming steps will predict
+    conditions: object = None     # the batch's conditions as given to the sampler (class ids for MAR), for a
+                                  # slot that runs a second model (a speculative method's draft)
 
 
 # ---------------------------------------------------------------- the cache contract
@@ -71,6 +78,29 @@ class Cache(Protocol):
     def head(self, model, step) -> Head: ...
 
 
+class Verify(Protocol):
+    """The optional verify hook of a speculative method (Method.verify). The sampler calls, per batch:
+
+        start(model, batch_size, guided)   once, before the first AR step (forget every window)
+        __call__(model, tokens, record)    -> tokens (B, L, C), after every AR step, in order
+
+    `model` is the sampler's model (the target). `record` holds what the step did:
+        step      the Step (its known / predict positions, generators for the hook's own randomness)
+        noise     (B, n, 1 + T, C) the noise of the step's tokens (column 0 the start, then one per
+                  diffusion step): re-sampling a token with it replays the step's trajectory
+        trace     {"mean", "std", "log_std"} (B, n, C): the last Gaussian of each token's chain (sample_head)
+        cond_emb  the target's condition embedding, doubled under guidance (conditional rows first)
+        scale     the step's guidance scale
+        sample    sample(z_cond, z_uncond, noise, scale, num_steps) -> (tokens (B, m, C), trace): the
+                  target's head on conditioning vectors (B, m, D) as the sampler runs a step's head
+    A hook returns the tokens unchanged where it keeps them; it never rolls back the schedule.
+    """
+
+    def start(self, model, batch_size, guided): ...
+
+    def __call__(self, model, tokens, record): ...
+
+
 class PlainHead:
     """The model's own head: no state, the step is not needed."""
     stateless = True
@@ -103,6 +133,7 @@ class Method:
     steps: Callable
     cache: Cache = field(default_factory=PlainCache)
     name: str = "custom"
+    verify: Verify = None         # speculative methods only (see Verify)
 
 
 # ---------------------------------------------------------------- the steps slot's process

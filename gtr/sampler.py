@@ -2,7 +2,8 @@
 
 At each AR step: the method's order and counts say which positions are predicted; the model (or the
 method's cache wrapped around it) gives their conditioning vectors z; the method's steps slot says
-how many diffusion steps each token gets; the head samples them with classifier-free guidance.
+how many diffusion steps each token gets; the head samples them with classifier-free guidance; a
+speculative method's verify hook may then re-predict recent tokens with the model and replace some.
 
 Randomness comes only from one torch.Generator per image, seeded from (seed, image index), and is
 drawn on the CPU in a fixed per-image sequence (order first, then each step's noise), so an image is
@@ -12,7 +13,7 @@ runs with shapes only (used to count FLOPs).
 import numpy as np
 import torch
 
-from gtr.method import Step
+from gtr.method import PlainHead, Step
 from gtr.models.diffusion import sample_head
 
 
@@ -85,33 +86,47 @@ def sample(model, method, labels, generators, cfg=1.0, cfg_schedule="linear", te
     cond_emb = model.embed_condition(labels)
     if guided:
         cond_emb = torch.cat([cond_emb, model.unconditional_embedding(batch).to(cond_emb.dtype)])
-    cache = method.cache
+    cache, verify = method.cache, getattr(method, "verify", None)
     cache.start(model, batch, guided)
+    if verify is not None:
+        verify.start(model, batch, guided)
     noise_fn = noise_fn or (lambda k, shape: draw_noise(generators, shape, device))
+
+    def target_sample(z_cond, z_uncond, noise, scale, num_steps):  # the verify hook's view of the head
+        trace = {}
+        x = head_loop(PlainHead(model), z_cond.reshape(-1, z_cond.shape[-1]), method.steps.process(num_steps),
+                      noise.flatten(0, 1), uncond=None if z_uncond is None else z_uncond.reshape(-1, z_uncond.shape[-1]),
+                      cfg=scale, temperature=temperature, trace=trace)
+        shape = z_cond.shape[:2] + (channels,)
+        return x.view(shape), {name: value.view(shape) for name, value in trace.items()}
 
     tokens = torch.zeros(batch, seq_len, channels, device=device)
     done = 0
     for k, n in enumerate(counts):
         known = orders[:, :done].sort(dim=1).values.to(device)
         predict = orders[:, done:done + n].sort(dim=1).values.to(device)
-        step = Step(k, len(counts), counts, grid, known, predict, guided, generators, orders)
+        step = Step(k, len(counts), counts, grid, known, predict, guided, generators, orders, labels)
         x_in = (torch.cat([tokens, tokens]) if guided else tokens).to(model.fake_latent.dtype)
         known_in = torch.cat([known, known]) if guided else known
         z = cache.condition(model, x_in, known_in, cond_emb, step)
         z_cond = take(z[:batch], predict)
         z_uncond = take(z[batch:], predict) if guided else None
         groups = method.steps(step, z_cond) if n else []
+        scale = cfg_scale(cfg, cfg_schedule, seq_len, seq_len - done - n)
+        noise, trace = None, {} if verify is not None else None
         if groups:
             t_max = max(t for _, t in groups)
             noise = noise_fn(k, (n, 1 + t_max, channels))
-            scale = cfg_scale(cfg, cfg_schedule, seq_len, seq_len - done - n)
             head = cache.head(model, step)
             new = torch.empty(batch, n, channels, device=device)
             for index, t in groups:
                 new = _sample_group(head_loop, head, method.steps.process(t), new, index, t, z_cond, z_uncond,
-                                    noise, scale, temperature)
+                                    noise, scale, temperature, trace)
             tokens = put(tokens, predict, new)
         done += n
+        if verify is not None:
+            tokens = verify(model, tokens, {"step": step, "noise": noise, "trace": trace, "cond_emb": cond_emb,
+                                            "scale": scale, "sample": target_sample})
         if callback is not None:
             callback({"step": step, "z": z, "tokens": tokens})
     return tokens
@@ -127,10 +142,11 @@ def put(x, index, values):
     return x.scatter(1, index[..., None].expand(-1, -1, x.shape[-1]), values.to(x.dtype))
 
 
-def _sample_group(head_loop, head, process, new, index, num_steps, z_cond, z_uncond, noise, cfg, temperature):
+def _sample_group(head_loop, head, process, new, index, num_steps, z_cond, z_uncond, noise, cfg, temperature,
+                  trace=None):
     """Sample the tokens `index` (B, m) of this step (None: all) with the `num_steps`-step `process`.
     Noise columns: the first 1 + num_steps of this step's draw (a clip may merge steps; the draw does not
-    depend on it)."""
+    depend on it). trace: None, or a dict of (B, n, C) tensors that receives the group's last Gaussians."""
     batch, channels = new.shape[0], new.shape[2]
     if index is None:
         zc, zu, nz = z_cond, z_uncond, noise
@@ -138,9 +154,13 @@ def _sample_group(head_loop, head, process, new, index, num_steps, z_cond, z_unc
         zc, nz = take(z_cond, index), take(noise.flatten(2), index).view(batch, -1, *noise.shape[2:])
         zu = take(z_uncond, index) if z_uncond is not None else None
     m = zc.shape[1]
+    extra = {} if trace is None else {"trace": {}}  # head loops without a trace are called as before
     x = head_loop(head, zc.reshape(batch * m, -1), process, nz[:, :, :1 + num_steps].reshape(batch * m, -1, channels),
                   uncond=None if zu is None else zu.reshape(batch * m, -1), cfg=cfg,
-                  temperature=temperature).view(batch, m, channels)
+                  temperature=temperature, **extra).view(batch, m, channels)
+    for name, value in extra.get("trace", {}).items():
+        value = value.reshape(batch, m, channels)
+        trace[name] = value if index is None else put(trace.get(name, torch.zeros_like(new)), index, value)
     if index is None:
         return x.to(new.dtype)
     return put(new, index, x)

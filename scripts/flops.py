@@ -28,7 +28,7 @@ from gtr.build import build_method
 from gtr.config import ConfigError, check_values, compose, split_argv
 from gtr.load import model_on_meta
 
-EXPERIMENTS = "experiment=table1,table2,table3,table3_stated,table4,recap"   # make flops
+EXPERIMENTS = "experiment=table1,table2,table3,table3_stated,table4,recap,cspd"   # make flops
 
 
 def count_row(cfg, models):

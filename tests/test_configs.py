@@ -54,7 +54,7 @@ def targets(cfg):
 
 
 def test_the_tree_has_what_the_brief_asks():
-    assert set(MODELS) == {"mar_b", "mar_l", "mar_h", "tiny", "lightgen"}
+    assert set(MODELS) == {"mar_b", "mar_l", "mar_h", "tiny", "tiny_draft", "lightgen"}
     assert REQUIRED_METHODS <= set(METHODS), sorted(REQUIRED_METHODS - set(METHODS))
     assert {"fid50k", "fid10k", "bench", "demo", "geneval"} <= {p.stem for p in (CONFIGS / "eval").glob("*.yaml")}
     assert {f"table{i}" for i in range(1, 6)} <= set(EXPERIMENTS)
@@ -63,7 +63,8 @@ def test_the_tree_has_what_the_brief_asks():
 @pytest.mark.parametrize("model", MODELS)
 @pytest.mark.parametrize("method", METHODS)
 def test_every_model_and_method_composes_and_builds(model, method):
-    cfg = cfg_of(f"model={model}", f"method={method}")
+    draft = [f"method.draft={model}"] if method == "cspd" else []  # a draft of the model's own token grid
+    cfg = cfg_of(f"model={model}", f"method={method}", *draft)
     assert cfg.method.name == method and cfg.model.key == model
     for slot, target in targets(cfg).items():
         assert target, f"{method}: empty {slot} target"
@@ -74,8 +75,8 @@ def test_every_model_and_method_composes_and_builds(model, method):
 
 def test_model_defaults():
     cfgs = {m: cfg_of(f"model={m}").model for m in MODELS if m != "lightgen"}
-    assert {m: c.cfg for m, c in cfgs.items() if m != "tiny"} == {"mar_b": 2.9, "mar_l": 3.0, "mar_h": 3.2}
-    assert {c.name for c in cfgs.values()} == {"mar_base", "mar_large", "mar_huge", "mar_tiny"}
+    assert {m: c.cfg for m, c in cfgs.items() if not m.startswith("tiny")} == {"mar_b": 2.9, "mar_l": 3.0, "mar_h": 3.2}
+    assert {c.name for c in cfgs.values()} == {"mar_base", "mar_large", "mar_huge", "mar_tiny", "mar_tiny_draft"}
     assert all(c.weights == "model_ema" and c.random_init is False for c in cfgs.values())
     assert cfgs["tiny"].decoder == "pixels" and cfgs["mar_h"].decoder == "vae"
 
@@ -202,6 +203,8 @@ def test_every_method_samples_and_fills_each_position_once(method, tiny_model):
         cfg.method.num_iter = min(cfg.method.num_iter, 8)
     if cfg.method.cache._target_ == "baselines.lazymar.LazyMAR":
         cfg.method.num_iter = 12  # past LazyMAR's 5 full steps, so that lazy steps run too
+    if cfg.method.cache._target_ == "baselines.cspd.DraftCache":
+        cfg.method.draft = "tiny"  # a draft of the target's token grid (random too: model.random_init)
     built = build_method(cfg.method, grid=(8, 8))
     predicted = []
     tokens = sample(tiny_model, built, torch.tensor([2, 7]), [image_generator(0, i) for i in range(2)], cfg=2.0,

@@ -171,7 +171,7 @@ def float32_unless_autocast(out):
     return out.float()
 
 
-def sample_head(head, cond, process, noise, uncond=None, cfg=1.0, temperature=1.0):
+def sample_head(head, cond, process, noise, uncond=None, cfg=1.0, temperature=1.0, trace=None):
     """Ancestral sampling of N tokens with `head(x, t, c, i, n) -> (eps, var)` (gtr.method.Head).
 
     process: the respaced Diffusion to run (a steps slot's process(T)); cond: (N, D) conditioning
@@ -180,6 +180,9 @@ def sample_head(head, cond, process, noise, uncond=None, cfg=1.0, temperature=1.
     cfg: guidance scale, a float or an (N,) tensor; applied to eps only, the variance is the
     conditional branch's (fact: LTH14/mar models/diffloss.py forward_with_cfg).
     temperature scales only the noise added at each step (fact: LTH14/mar gaussian_diffusion p_sample).
+    trace: None, or a dict that receives the chain's last Gaussian, what speculative verification compares
+    (CSpD): "mean" and "std" (N, C) of the last step (std times temperature; the token is that mean) and
+    "log_std" (N, C), the sum of log std over the earlier steps (without temperature).
     """
     n, channels, steps = noise.shape[0], noise.shape[2], process.num_steps
     if n == 0:
@@ -203,6 +206,11 @@ def sample_head(head, cond, process, noise, uncond=None, cfg=1.0, temperature=1.
         mean, log_var = process.p_mean_logvar(out.float(), x, index)
         if i > 0:
             x = mean + torch.exp(0.5 * log_var) * noise[:, k + 1] * temperature
+            if trace is not None:  # summed from the first step down, as CSpD's code sums (float32)
+                log_std = 0.5 * log_var if k == 0 else log_std + 0.5 * log_var
         else:
             x = mean
+    if trace is not None:
+        trace.update(mean=x, std=torch.exp(0.5 * log_var) * temperature,
+                     log_std=log_std if steps > 1 else torch.zeros_like(x))
     return x

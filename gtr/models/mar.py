@@ -79,6 +79,10 @@ MODEL_CONFIGS = {
     "mar_tiny": dict(img_size=32, vae_stride=1, patch_size=4, vae_embed_dim=1, width=128, depth=3, num_heads=4,
                      buffer_size=16, class_num=10, diffloss_d=3, diffloss_w=192, attn_dropout=0.0,
                      proj_dropout=0.0, diffusion_batch_mul=2),
+    # A draft for the tiny world's speculative rows (CSpD): the same tokens, 1+1 layers of width 64, head 96 x 2.
+    "mar_tiny_draft": dict(img_size=32, vae_stride=1, patch_size=4, vae_embed_dim=1, width=64, depth=1, num_heads=4,
+                           buffer_size=16, class_num=10, diffloss_d=2, diffloss_w=96, attn_dropout=0.0,
+                           proj_dropout=0.0, diffusion_batch_mul=2),
 }
 
 
