@@ -175,6 +175,12 @@ class CSpDVerify:
         self.ratio, self.num_draft, self.inner_temperature, self.tries = ratio, num_draft, inner_temperature, tries
         self.accepted = self.drafted = self.zeros = 0
 
+    def stats(self):
+        """What the windows did so far: the fraction of drafted tokens kept, how many were judged, and how many
+        rejected ones the residual left at zero."""
+        return {"accepted_fraction": self.accepted / max(self.drafted, 1), "drafted_tokens": self.drafted,
+                "zero_tokens": self.zeros}
+
     def check(self, method):
         if not isinstance(method.cache, DraftCache) or method.cache.ratio != self.ratio:
             raise ValueError("CSpD's verify hook needs its draft cache (cache: draft) with the same ratio")

@@ -71,7 +71,9 @@ def run_row(cfg, method, model, reference, bar):
     key = row_key(cfg)
     save_row_grid(images, labels, out / "grids" / f"{short(key).replace('/', '_')}.png",
                   f"{key}: {cfg.method.label} [{cfg.method.tag}], cfg {cfg.cfg}, seed {cfg.seed}")
-    return run_record(cfg, device_name("cpu"), batch_size=cfg.batch_size, images=n, flops_T=flops["flops_T"],
+    verify = getattr(method, "verify", None)  # a speculative method's counts (e.g. the tokens it kept)
+    stats = verify.stats() if hasattr(verify, "stats") else {}
+    return run_record(cfg, device_name("cpu"), batch_size=cfg.batch_size, images=n, flops_T=flops["flops_T"], **stats,
                       flops_paper_convention_T=flops["flops_paper_convention_T"], latency_cpu_s=seconds / n,
                       settings_hash=settings_hash(cfg), **score(images, labels, reference, features_path(cfg)))
 

@@ -80,6 +80,9 @@ def test_windows_reject_and_redraw(tiny):
     assert torch.isfinite(tokens).all()
     assert 0 < method.verify.accepted < method.verify.drafted
     assert int((tokens.abs().sum(-1) == 0).sum()) == method.verify.zeros < method.verify.drafted - method.verify.accepted
+    stats = method.verify.stats()  # what scripts/demo.py records for the row
+    assert stats["accepted_fraction"] == method.verify.accepted / method.verify.drafted
+    assert stats["drafted_tokens"] == method.verify.drafted and stats["zero_tokens"] == method.verify.zeros
 
 
 def test_flops_count_both_models():
