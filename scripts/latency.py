@@ -30,6 +30,9 @@ def main(argv=None):
     overrides, multirun = split_argv(sys.argv[1:] if argv is None else argv)
     try:
         rows = compose(overrides or ["experiment=table1", "model=mar_b"], multirun)
+        for cfg in rows:  # before the methods are built: a method's own model (a draft) follows it
+            if cfg.latency.random_weights:  # recorded in the row's config
+                cfg.model.random_init = True
         methods = [check_run(cfg, model_on_meta(cfg.model)) for cfg in rows]  # every row checked first
     except ConfigError as e:
         sys.exit(f"error: {e}")
@@ -47,8 +50,6 @@ def main(argv=None):
         if record_path(folder, key).exists() and not cfg.latency.force:
             print(f"{key:<36} measured before ({record_path(folder, key)}); latency.force=true to redo", flush=True)
             continue
-        if cfg.latency.random_weights:  # recorded in the row's config
-            cfg.model.random_init = True
         cast, amp = precision(cfg)
         spec = repr(sorted(cfg.model.items())) + repr(cast)
         if spec not in models:
