@@ -39,6 +39,11 @@ def score(images, labels, reference, features_path):
     return with_intervals(row_scores(feats, logits, labels, reference, resample_counts(len(feats))))
 
 
+def features_file(out, row):
+    """Where `score` keeps a row's features in a report folder: <out>/features/<row>.npz."""
+    return Path(out) / "features" / f"{row.replace('/', '_')}.npz"
+
+
 def load_features(path):
     """(features, logits, labels) saved by `score`, as scored (the classifier computes in float32: saving
     float32 loses nothing)."""
@@ -141,8 +146,7 @@ def report(records, out, command):
               f"{meta['device']}, torch {meta['torch_version']}, checkpoint {cfg['model']['checkpoint']}. Sample grids: "
               "grids/<row>.png (4 images per class, a column per class).", ""]
     (out / "README.md").write_text("\n".join(lines))
-    features = {row: load_features(out / "features" / f"{row.replace('/', '_')}.npz") for row in by_row
-                if (out / "features" / f"{row.replace('/', '_')}.npz").is_file()}
+    features = {row: load_features(features_file(out, row)) for row in by_row if features_file(out, row).is_file()}
     claims = load_claims()
     write_claims(claims, evaluate_claims(claims, by_row, features, Reference() if features else None),
                  out / "claims.md", command)

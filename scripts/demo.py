@@ -23,7 +23,7 @@ from eval.claims import load_claims
 from eval.cost import count_flops
 from eval.intervals import MIN_IMAGES, Reference
 from eval.records import command_line, read_records, record_path, run_record, write_record
-from eval.tiny_world import report, save_row_grid, score, short
+from eval.tiny_world import features_file, report, save_row_grid, score, short
 from gtr.config import ConfigError, compose, split_argv
 from gtr.load import build_model, decoder, model_on_meta
 from gtr.runs import check_run, device_name, generate, make_labels, num_images, precision, row_key, settings_hash
@@ -55,7 +55,7 @@ def rows_of(argv):
 
 def features_path(cfg):
     """Where a row's classifier features go (for the paired claims): <records>/<demo.out>/features/<row>.npz."""
-    return Path(cfg.records) / cfg.demo.out / "features" / f"{short(row_key(cfg)).replace('/', '_')}.npz"
+    return features_file(Path(cfg.records) / cfg.demo.out, short(row_key(cfg)))
 
 
 def run_row(cfg, method, model, reference, bar):
