@@ -41,7 +41,7 @@ from gtr.models.mar import build_mar
 from gtr.models.vae import AutoencoderKL, decode_tokens
 from gtr import sampler
 from gtr.models.diffusion import sampling_diffusion
-from gtr.engine import head_loop
+from gtr.engine import prepare
 from gtr.runs import device_name
 
 PAPER_CLIP_TIMESTEPS = 950  # the clip behind the paper's FLOPs column (REFERENCE.md sections 2, 4b)
@@ -421,7 +421,7 @@ def measure_latency(model, method, batch_size=1, n_warmup=1, n_batches=3, device
     if device.type == "meta":
         raise ValueError("cannot time on the meta device; use count_flops for FLOPs")
     cuda = device.type == "cuda"
-    loop = head_loop(model, engine)
+    loop = prepare(model, engine)
 
     def one_batch(b):
         gens = [sampler.image_generator(seed, b * batch_size + i) for i in range(batch_size)]

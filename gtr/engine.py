@@ -7,12 +7,16 @@
                   diffusion process, instead of at every step;
                 - silu(y), which every adaLN modulation reads, is computed once per step;
                 - under guidance the guided and unguided rows share x: its input projection runs once;
-                - on the CPU, fp32 weights are reordered once into oneDNN's blocked layout: at the few rows
-                  of a batch-1 chain (8 to 32) the default GEMM path reads MAR-B's head weights at ~10 GB/s
-                  where the reordered kernel reaches ~26 GB/s (measured: results/engine/);
+                - on the CPU, fp32 weights (and bf16 ones where the CPU has bf16 instructions) are reordered
+                  once into oneDNN's blocked layout: at the few rows of a batch-1 chain (8 to 32) the default
+                  GEMM path read MAR-B's head weights at ~10-17 GB/s where the reordered kernel reached 17-26
+                  GB/s (measured on an AMD EPYC and an Intel Xeon with AMX: results/engine/);
                 - the diffusion coefficients are float32 scalars (every row of a chain is at the same step).
                 Outputs equal the reference to float rounding (tests/test_engine.py; verify_official.py
                 checks one head call and a whole chain against the official code at 1e-5 relative).
+
+`prepare(model, engine)` readies a model for its engine and returns the head loop; with fast it also
+repacks a bf16 model's widening transformer layers (see prepare).
 
 The engine is a run setting (`engine=` in configs/sample.yaml), recorded in run records and part of a
 run's identity when it is not the reference. Caches with a stateful head (LazyMAR's) keep the reference
@@ -35,20 +39,51 @@ def head_loop(model, engine="reference"):
     raise ValueError(f"unknown engine {engine!r}; choose one of {', '.join(ENGINES)}")
 
 
+def cpu_has_bf16():
+    """Whether oneDNN has native bf16 kernels on this CPU (avx512_bf16 / AMX)."""
+    try:
+        return bool(torch.ops.mkldnn._is_mkldnn_bf16_supported())
+    except (RuntimeError, AttributeError):
+        return False
+
+
+def prepare(model, engine="reference"):
+    """Ready `model` for sampling on `engine` and return its head loop (see head_loop).
+
+    With fast, a bf16 model on a CPU with bf16 instructions also has the transformer's widening linear
+    layers (more outputs than inputs: attention qkv, MLP fc1) repacked in place into oneDNN's layout: for
+    them the packed kernel was faster at every row count measured (+25-60%), where for the narrowing ones
+    (proj, fc2) it was slower at 448-640 rows, and in fp32 it gained nothing (results/engine/). The packed copies are for sampling: prepare again after
+    the weights change, and never train a prepared model (the packed layers pass no gradient).
+    """
+    loop = head_loop(model, engine)
+    if engine == "fast":
+        head = set(model.diffloss.net.modules()) if hasattr(model, "diffloss") else set()
+        for module in model.modules():
+            if (isinstance(module, torch.nn.Linear) and module not in head and module.weight.dtype == torch.bfloat16
+                    and module.out_features > module.in_features):
+                packed = _Linear.of(module) if module.bias is not None else None
+                if packed is not None and packed.packed is not None:
+                    module.forward = packed
+    return loop
+
+
 class _Linear:
-    """y = x W^T + b, with W reordered for oneDNN where that kernel exists for it (fp32 on the CPU)."""
+    """y = x W^T + b, with W reordered for oneDNN where that kernel exists for it: fp32 on the CPU, and bf16
+    on a CPU with bf16 instructions (avx512_bf16 / AMX; elsewhere oneDNN's bf16 path is an emulation)."""
 
     def __init__(self, weight, bias):
         self.weight, self.bias = weight.detach(), bias.detach()
         self.packed = None
-        if (weight.device.type == "cpu" and weight.dtype == torch.float32 and torch.backends.mkldnn.is_available()):
+        if weight.device.type == "cpu" and torch.backends.mkldnn.is_available() and (
+                weight.dtype == torch.float32 or (weight.dtype == torch.bfloat16 and cpu_has_bf16())):
             try:
                 self.packed = torch.ops.mkldnn._reorder_linear_weight(self.weight)
             except (RuntimeError, AttributeError):  # a torch build without the op: the plain kernel
                 self.packed = None
 
     def __call__(self, x):
-        if self.packed is not None and x.dtype == torch.float32 and not torch.is_autocast_enabled("cpu"):
+        if self.packed is not None and x.dtype == self.weight.dtype and not torch.is_autocast_enabled("cpu"):
             return torch.ops.mkldnn._linear_pointwise(x, self.packed, self.bias, "none", [], "")
         return F.linear(x, self.weight.to(x.dtype), self.bias.to(x.dtype))
 

@@ -17,6 +17,7 @@ bf16: measured only where this CPU has bf16 kernels (its bf16 matmul rate beats 
 others a line says why not. Results: <out>/bench.md and bench.json, with the command.
 """
 import argparse
+import copy
 import json
 import os
 import platform
@@ -29,7 +30,7 @@ import torch
 
 from eval.cost import count_flops
 from eval.official import import_official, perturb
-from gtr.engine import FastHeadLoop, head_loop
+from gtr.engine import FastHeadLoop, cpu_has_bf16, head_loop, prepare
 from gtr.method import PlainHead, mar
 from gtr.models.diffusion import sample_head, sampling_diffusion
 from gtr.models.mar import build_mar
@@ -52,7 +53,7 @@ def machine_peaks():
         return min(times)
     peaks = {}
     for name, dtype in (("fp32", torch.float32), ("bf16", torch.bfloat16)):
-        size = 2048 if dtype == torch.float32 else 256  # a CPU without bf16 kernels crawls: probe small
+        size = 2048 if dtype == torch.float32 or cpu_has_bf16() else 256  # bf16 emulation crawls: probe small
         a, b = torch.randn(size, size, dtype=dtype), torch.randn(size, size, dtype=dtype)
         peaks[f"matmul_{name}_GFLOPs"] = 2 * size ** 3 / best(lambda: a @ b) / 1e9
     x = torch.randn(128 * 1024 * 1024)
@@ -79,7 +80,8 @@ class Timer:
         return run
 
 
-def run_official(theirs, steps, batch, cfg):
+def run_official(theirs, steps, batch, cfg, autocast=None):
+    """The official sample_tokens, fp32 or under `autocast` (a dtype), its components timed."""
     timer = Timer()
     original = theirs.forward_mae_encoder, theirs.forward_mae_decoder, theirs.diffloss.net.forward
     theirs.forward_mae_encoder = timer.wrap("transformer", original[0])
@@ -88,7 +90,7 @@ def run_official(theirs, steps, batch, cfg):
     try:
         torch.manual_seed(0)
         start = time.perf_counter()
-        with torch.no_grad():
+        with torch.no_grad(), torch.autocast("cpu", dtype=autocast or torch.bfloat16, enabled=autocast is not None):
             theirs.sample_tokens(batch, num_iter=steps, cfg=cfg, cfg_schedule="linear",
                                  labels=torch.arange(batch) % 1000, temperature=1.0)
         total = time.perf_counter() - start
@@ -99,6 +101,7 @@ def run_official(theirs, steps, batch, cfg):
 
 
 def run_ours(model, engine, steps, batch, cfg):
+    """gtr's sampler on `model` (already prepared for `engine`), its components timed."""
     timer = Timer()
     loop = head_loop(model, engine)
     model.condition = timer.wrap("transformer", type(model).condition.__get__(model))
@@ -117,54 +120,93 @@ def run_ours(model, engine, steps, batch, cfg):
     return total, timer
 
 
-def row(system, steps, batch, total, timer, head_bytes, transformer_flops, head_flops, peaks):
+def row(system, dtype, steps, batch, total, timer, head_bytes, transformer_flops, head_flops, peaks):
+    """One system's record; `head_bytes`: the bytes of head weights one call reads in this system's dtype
+    (autocast reads fp32 weights and casts them); efficiency against this dtype's measured peaks."""
     head_s, trans_s = timer.seconds.get("head", 0.0), timer.seconds.get("transformer", 0.0)
     head_calls = timer.calls.get("head", 0)
     gbs = head_bytes * head_calls / head_s / 1e9 if head_s else None
     gflops = transformer_flops * batch / trans_s / 1e9 if trans_s else None
-    return {"system": system, "ar_steps": steps, "batch": batch, "seconds": total,
+    peak = peaks["matmul_bf16_GFLOPs" if "bf16" in dtype else "matmul_fp32_GFLOPs"]
+    return {"system": system, "dtype": dtype, "ar_steps": steps, "batch": batch, "seconds": total,
             "seconds_per_image": total / batch, "transformer_s": trans_s, "head_s": head_s,
             "rest_s": total - head_s - trans_s, "head_calls": head_calls, "head_GBs": gbs,
             "head_bandwidth_fraction": gbs / peaks["stream_GBs"] if gbs else None,
             "head_GFLOPs": head_flops * batch / head_s / 1e9 if head_s else None,
             "transformer_GFLOPs": gflops,
-            "transformer_peak_fraction": gflops / peaks["matmul_fp32_GFLOPs"] if gflops else None,
+            "transformer_peak_fraction": gflops / peak if gflops else None,
             "peak_rss_GB_so_far": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1e6}
 
 
-def throughput(model, theirs, batch, cfg, steps=64):
+def throughput(systems, theirs, batch, cfg, steps=64):
     """One AR step's components at `batch` images (the first step of a `steps`-step run: the transformer
-    on the class buffer only, then one 100-step head chain for its tokens), per system."""
+    on the class buffer only, then one 100-step head chain for its tokens), per system.
+    `systems`: {name: (model, engine)} of ours; the official code runs fp32 (and under bf16 autocast
+    where this CPU has bf16 instructions)."""
+    model = next(iter(systems.values()))[0]
     n = mar(steps).counts((model.seq_h, model.seq_w))[0]
     g = torch.Generator().manual_seed(0)
     tokens = torch.zeros(2 * batch, model.seq_len, model.token_dim)
     known = torch.zeros(2 * batch, 0, dtype=torch.long)
     labels = torch.arange(batch) % 1000
-    emb = torch.cat([model.embed_condition(labels), model.unconditional_embedding(batch)])
     z = torch.randn(batch * n, model.config.width, generator=g)
     noise = torch.randn(batch * n, 101, model.token_dim, generator=g)
     out = {}
+    runs = [(f"official {a}", lambda a=a: official_step(theirs, tokens, labels, z, a)) for a in official_dtypes(theirs)]
+    runs += [(name, lambda m=m, e=e: our_step(m, e, tokens, known, labels, z, noise)) for name, (m, e) in systems.items()]
     with torch.no_grad():
-        for system in ("official", "reference", "fast"):
-            if system == "official" and theirs is None:
-                continue
-            start = time.perf_counter()
-            if system == "official":
-                mask = torch.ones(2 * batch, model.seq_len)
-                cls = torch.cat([theirs.class_emb(labels), theirs.fake_latent.repeat(batch, 1)])
-                theirs.forward_mae_decoder(theirs.forward_mae_encoder(tokens, mask, cls), mask)
-            else:
-                model.condition(tokens, known, emb)
-            middle = time.perf_counter()
-            if system == "official":
-                torch.manual_seed(0)
-                theirs.diffloss.sample(torch.cat([z, z]), 1.0, 3.0)
-            else:
-                loop = sample_head if system == "reference" else FastHeadLoop(model)
-                loop(PlainHead(model), z, sampling_diffusion(100), noise, uncond=z, cfg=3.0)
-            end = time.perf_counter()
-            out[system] = {"batch": batch, "tokens_per_image": n, "transformer_s": middle - start,
-                           "head_chain_s": end - middle}
+        for name, fn in runs:
+            (transformer_s, head_s) = fn()
+            out[name] = {"batch": batch, "tokens_per_image": n, "transformer_s": transformer_s, "head_chain_s": head_s}
+    return out
+
+
+def official_dtypes(theirs):
+    """The official code's settings benched here: fp32, and bf16 autocast on a CPU with bf16 instructions."""
+    return [] if theirs is None else ["fp32"] + (["bf16-autocast"] if cpu_has_bf16() else [])
+
+
+def official_step(theirs, tokens, labels, z, dtype):
+    batch = labels.shape[0]
+    with torch.autocast("cpu", dtype=torch.bfloat16, enabled=dtype != "fp32"):
+        start = time.perf_counter()
+        mask = torch.ones(2 * batch, theirs.seq_len)
+        cls = torch.cat([theirs.class_emb(labels), theirs.fake_latent.repeat(batch, 1)])
+        theirs.forward_mae_decoder(theirs.forward_mae_encoder(tokens, mask, cls), mask)
+        middle = time.perf_counter()
+        torch.manual_seed(0)
+        theirs.diffloss.sample(torch.cat([z, z]), 1.0, 3.0)
+    return middle - start, time.perf_counter() - middle
+
+
+def our_step(model, engine, tokens, known, labels, z, noise):
+    dtype = model.fake_latent.dtype
+    batch = labels.shape[0]
+    start = time.perf_counter()
+    emb = torch.cat([model.embed_condition(labels), model.unconditional_embedding(batch)])
+    model.condition(tokens.to(dtype), known, emb)
+    middle = time.perf_counter()
+    z = z.to(dtype)
+    head_loop(model, engine)(PlainHead(model), z, sampling_diffusion(100), noise, uncond=z, cfg=3.0)
+    return middle - start, time.perf_counter() - middle
+
+
+def targets(rows, steps=64):
+    """Issue 14's done-when figures at `steps` AR steps, batch 1: [(what, value, target, met)]."""
+    by = {(r["system"], r["dtype"]): r for r in rows if r["ar_steps"] == steps and r["batch"] == 1}
+    out = []
+    official = by.get(("official", "fp32"))
+    for (system, dtype), goal in ((("fast", "fp32"), 0.75), (("fast", "bf16"), 0.25)):
+        if official and (system, dtype) in by:
+            ratio = by[(system, dtype)]["seconds"] / official["seconds"]
+            out.append((f"{system} {dtype} / official fp32, {steps} AR steps", ratio, f"<= {goal}", ratio <= goal))
+    for dtype in ("fp32", "bf16"):
+        if ("fast", dtype) in by:
+            r = by[("fast", dtype)]
+            out.append((f"fast {dtype}: head weight traffic / streaming bandwidth", r["head_bandwidth_fraction"],
+                        ">= 0.70", r["head_bandwidth_fraction"] >= 0.7))
+            out.append((f"fast {dtype}: transformer GFLOP/s / {dtype} matmul peak", r["transformer_peak_fraction"],
+                        ">= 0.70", r["transformer_peak_fraction"] >= 0.7))
     return out
 
 
@@ -175,22 +217,32 @@ def report(path, result):
               f"git {result['git_commit']}; {result['date']}", "",
               f"Measured in this run: fp32 matmul {p['matmul_fp32_GFLOPs']:.1f} GFLOP/s, bf16 matmul "
               f"{p['matmul_bf16_GFLOPs']:.1f} GFLOP/s, streaming read {p['stream_GBs']:.1f} GB/s.", "",
-              "| AR steps | batch | system | s/image | vs official | transformer s | head s | rest s | head calls "
-              "| head GB/s (of stream) | head GFLOP/s | transformer GFLOP/s (of peak) |", "|" + "---|" * 12]
-    official = {(r["ar_steps"], r["batch"]): r["seconds_per_image"] for r in result["rows"] if r["system"] == "official"}
+              "| AR steps | batch | system | dtype | s/image | vs official fp32 | transformer s | head s | rest s "
+              "| head calls | head GB/s (of stream) | head GFLOP/s | transformer GFLOP/s (of its dtype's peak) |",
+              "|" + "---|" * 13]
+    official = {(r["ar_steps"], r["batch"]): r["seconds_per_image"] for r in result["rows"]
+                if r["system"] == "official" and r["dtype"] == "fp32"}
     for r in result["rows"]:
         ref = official.get((r["ar_steps"], r["batch"]))
         ratio = f"{r['seconds_per_image'] / ref:.3f}" if ref else "-"
-        lines.append(f"| {r['ar_steps']} | {r['batch']} | {r['system']} | {r['seconds_per_image']:.2f} | {ratio} "
-                     f"| {r['transformer_s']:.2f} | {r['head_s']:.2f} | {r['rest_s']:.2f} | {r['head_calls']} "
+        lines.append(f"| {r['ar_steps']} | {r['batch']} | {r['system']} | {r['dtype']} | {r['seconds_per_image']:.2f} "
+                     f"| {ratio} | {r['transformer_s']:.2f} | {r['head_s']:.2f} | {r['rest_s']:.2f} | {r['head_calls']} "
                      f"| {r['head_GBs']:.1f} ({r['head_bandwidth_fraction']:.0%}) | {r['head_GFLOPs']:.1f} "
                      f"| {r['transformer_GFLOPs']:.1f} ({r['transformer_peak_fraction']:.0%}) |")
+    checks = targets(result["rows"])
+    if checks:
+        lines += ["", "Targets (issue 14, batch 1, this run):", "", "| what | measured | target | met |", "|---|---|---|---|"]
+        lines += [f"| {what} | {value:.3f} | {goal} | {'yes' if met else 'no'} |" for what, value, goal, met in checks]
     if result.get("throughput"):
-        lines += ["", f"Batch {next(iter(result['throughput'].values()))['batch']}, one AR step's components "
-                  "(first step of 64: transformer on the buffer, one 100-step head chain):", "",
-                  "| system | transformer s | head chain s |", "|---|---|---|"]
-        for system, t in result["throughput"].items():
-            lines.append(f"| {system} | {t['transformer_s']:.2f} | {t['head_chain_s']:.2f} |")
+        t = result["throughput"]
+        base = t.get("official fp32")
+        lines += ["", f"Batch {next(iter(t.values()))['batch']}, one AR step's components (the first step of 64: "
+                  "the transformer on the buffer, one 100-step head chain for its tokens):", "",
+                  "| system | transformer s | head chain s | total vs official fp32 |", "|---|---|---|---|"]
+        for system, r in t.items():
+            total = r["transformer_s"] + r["head_chain_s"]
+            ratio = f"{total / (base['transformer_s'] + base['head_chain_s']):.3f}" if base else "-"
+            lines.append(f"| {system} | {r['transformer_s']:.2f} | {r['head_chain_s']:.2f} | {ratio} |")
     lines += ["", result["bf16"], ""]
     path.write_text("\n".join(lines))
 
@@ -223,38 +275,52 @@ def main():
         theirs = getattr(official_mar, args.model)(buffer_size=64, diffloss_d=depth, diffloss_w=width,
                                                     num_sampling_steps="100").eval()
         theirs.load_state_dict(model.state_dict(), strict=True)
-    head_bytes = sum(p.numel() * p.element_size() for p in model.diffloss.net.parameters())
+    # Ours: each system its own copy, as `prepare` repacks weights in place.
+    systems = {"reference": (model, "reference"), "fast": (copy.deepcopy(model), "fast")}
+    if cpu_has_bf16():
+        systems["fast bf16"] = (copy.deepcopy(model).to(torch.bfloat16), "fast")
+    for m, engine in systems.values():
+        prepare(m, engine)
     with torch.device("meta"):
         meta = build_mar(args.model)
     rows = []
-    sample(model, mar(2, 2), torch.tensor([0]), [image_generator(0, 0)], cfg=args.cfg)  # warm-up
+    for m, engine in systems.values():  # warm-up
+        sample(m, mar(2, 2), torch.tensor([0]), [image_generator(0, 0)], cfg=args.cfg, head_loop=head_loop(m, engine))
     for steps in args.steps:
         counted = count_flops(meta, mar(steps, 100), cfg=args.cfg, include_vae=False)
         flops, head_flops = counted["encdec_T"] * 1e12, counted["head_T"] * 1e12
-        runs = ([("official", lambda: run_official(theirs, steps, 1, args.cfg))] if theirs is not None else []) + [
-            (engine, lambda engine=engine: run_ours(model, engine, steps, 1, args.cfg)) for engine in ("reference", "fast")]
-        for system, fn in runs:
+        runs = [("official", dtype, lambda a=dtype: run_official(theirs, steps, 1, args.cfg,
+                                                                  None if a == "fp32" else torch.bfloat16))
+                for dtype in official_dtypes(theirs)]
+        runs += [(name.split()[0], "bf16" if "bf16" in name else "fp32",
+                  lambda m=m, e=e: run_ours(m, e, steps, 1, args.cfg)) for name, (m, e) in systems.items()]
+        for system, dtype, fn in runs:
             total, timer = fn()
-            rows.append(row(system, steps, 1, total, timer, head_bytes, flops, head_flops, peaks))
+            head_bytes = sum(p.numel() * (2 if dtype == "bf16" else 4) for p in model.diffloss.net.parameters())
+            rows.append(row(system, dtype, steps, 1, total, timer, head_bytes, flops, head_flops, peaks))
             r = rows[-1]
-            print(f"{steps:3d} AR steps  {system:<9} {total:8.2f} s  transformer {r['transformer_s']:.2f}  head "
-                  f"{r['head_s']:.2f} ({r['head_GBs']:.1f} GB/s)  rest {r['rest_s']:.2f}", flush=True)
+            print(f"{steps:3d} AR steps  {system:<9} {dtype:<13} {total:8.2f} s  transformer {r['transformer_s']:.2f}  "
+                  f"head {r['head_s']:.2f} ({r['head_GBs']:.1f} GB/s)  rest {r['rest_s']:.2f}", flush=True)
     result = {"model": args.model, "threads": args.threads, "command": "python " + " ".join(sys.argv),
               "device": device_name("cpu"), "machine": platform.machine(), "torch": torch.__version__,
               "git_commit": git_commit(), "date": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()),
-              "peaks": peaks, "rows": rows, "head_bytes": head_bytes}
+              "peaks": peaks, "rows": rows}
     if args.throughput_batch:
-        result["throughput"] = throughput(model, theirs, args.throughput_batch, args.cfg)
+        result["throughput"] = throughput(systems, theirs, args.throughput_batch, args.cfg)
         print("throughput:", result["throughput"], flush=True)
-    if peaks["matmul_bf16_GFLOPs"] < peaks["matmul_fp32_GFLOPs"]:
-        result["bf16"] = (f"bf16: not measured. This CPU has no fast bf16 kernels: its bf16 matmul runs at "
-                          f"{peaks['matmul_bf16_GFLOPs']:.1f} GFLOP/s against {peaks['matmul_fp32_GFLOPs']:.1f} "
-                          "fp32 (no avx512_bf16/AMX); run this on such a CPU.")
+    if cpu_has_bf16():
+        result["bf16"] = ("bf16: this CPU has bf16 instructions. `fast bf16` is the model cast with "
+                          "model.to(torch.bfloat16) (tokens, noise and diffusion arithmetic stay fp32); `official "
+                          "bf16-autocast` is the official code, fp32 weights, under CPU bf16 autocast.")
     else:
-        result["bf16"] = "bf16: this CPU has bf16 kernels; a bf16 engine row is not implemented yet."
+        result["bf16"] = (f"bf16: not measured. This CPU has no bf16 instructions (avx512_bf16/AMX): its bf16 matmul "
+                          f"runs at {peaks['matmul_bf16_GFLOPs']:.1f} GFLOP/s against {peaks['matmul_fp32_GFLOPs']:.1f} "
+                          "fp32; run this on such a CPU.")
     print(result["bf16"], flush=True)
     (out / "bench.json").write_text(json.dumps(result, indent=1) + "\n")
     report(out / "bench.md", result)
+    for what, value, goal, met in targets(rows):
+        print(f"{what}: {value:.3f} (target {goal}: {'met' if met else 'not met'})", flush=True)
     print(f"wrote {out / 'bench.md'}", flush=True)
 
 

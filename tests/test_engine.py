@@ -7,7 +7,7 @@ import torch
 from baselines.lazymar import lazymar
 from gtr.checkpoints import load_mar
 from gtr.config import ConfigError, check_values, compose
-from gtr.engine import FastHeadLoop, head_loop
+from gtr.engine import FastHeadLoop, cpu_has_bf16, head_loop, prepare
 from gtr.method import PlainHead, mar
 from gtr.models.diffusion import sample_head, sampling_diffusion
 from gtr.models.mar import build_mar
@@ -128,3 +128,25 @@ def test_precision_is_a_checked_run_setting():
     assert precision(bf16_cast) == (torch.bfloat16, None) and precision(bf16_amp) == (None, torch.bfloat16)
     with pytest.raises(ConfigError, match="precision must be one of autocast, cast"):
         check_values(compose(["model=tiny", "method=gtr", "precision=half"])[0])
+
+
+def test_prepare_repacks_only_a_bf16_transformer():
+    """engine=fast's prepare: an fp32 model is left as it is; a bf16 one (on a CPU with bf16 instructions)
+    gets its widening transformer layers repacked, its head untouched, and conditions as before."""
+    tokens, known = torch.randn(2, 16, 16), torch.tensor([[0, 3, 5], [1, 2, 9]])
+    for dtype in (torch.float32, torch.bfloat16):
+        model = random_mar(width=64, num_heads=4).to(dtype)
+        emb = model.embed_condition(torch.tensor([1, -1]))
+        with torch.no_grad():
+            before = model.condition(tokens.to(dtype), known, emb)
+            assert prepare(model, "reference") is sample_head
+            assert isinstance(prepare(model, "fast"), FastHeadLoop)
+            after = model.condition(tokens.to(dtype), known, emb)
+        repacked = {name for name, m in model.named_modules() if "forward" in m.__dict__}
+        if dtype == torch.float32 or not cpu_has_bf16():
+            assert not repacked and torch.equal(after, before)
+        else:
+            assert repacked == {name for name, m in model.named_modules() if isinstance(m, torch.nn.Linear)
+                                and not name.startswith("diffloss") and m.out_features > m.in_features}
+            assert any(name.endswith("attn.qkv") for name in repacked) and any(name.endswith("mlp.fc1") for name in repacked)
+            assert_close_to_scale(after.float(), before.float(), rtol=3e-2)
