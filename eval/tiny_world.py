@@ -12,7 +12,7 @@ import numpy as np
 import pandas as pd
 import torch
 
-from eval.claims import evaluate_claims, load_claims, write_claims
+from eval.claims import CLAIMS, evaluate_claims, load_claims, write_claims
 from eval.intervals import Reference, image_features, resample_counts, row_scores, with_intervals
 from eval.plots import plot_quality_vs_cost
 from eval.tables import to_markdown
@@ -117,10 +117,10 @@ def shown(table):
     return out
 
 
-def report(records, out, command):
+def report(records, out, command, claims_file=CLAIMS):
     """README.md (a summary of every row, then the paper-shaped Tables 1, 3, 4, 5 of the rows that
-    belong to them), summary.csv and table<N>.csv, claims.md (configs/claims.yaml, from the rows' saved
-    features), fid_vs_flops.png and fid_vs_latency.png, in `out`."""
+    belong to them), summary.csv and table<N>.csv, claims.md (the claims of `claims_file`, by default
+    configs/claims.yaml, from the rows' saved features), fid_vs_flops.png and fid_vs_latency.png, in `out`."""
     out = Path(out)
     table = summary(records)
     by_row = {short(r["key"]): r for r in records}
@@ -147,9 +147,9 @@ def report(records, out, command):
               "grids/<row>.png (4 images per class, a column per class).", ""]
     (out / "README.md").write_text("\n".join(lines))
     features = {row: load_features(features_file(out, row)) for row in by_row if features_file(out, row).is_file()}
-    claims = load_claims()
+    claims = load_claims(claims_file)
     write_claims(claims, evaluate_claims(claims, by_row, features, Reference() if features else None),
-                 out / "claims.md", command)
+                 out / "claims.md", command, claims_file)
     plot_fronts(table, by_row, out)
 
 

@@ -53,18 +53,21 @@ def prepare(model, engine="reference"):
     With fast, a bf16 model on a CPU with bf16 instructions also has the transformer's widening linear
     layers (more outputs than inputs: attention qkv, MLP fc1) repacked in place into oneDNN's layout: for
     them the packed kernel was faster at every row count measured (+25-60%), where for the narrowing ones
-    (proj, fc2) it was slower at 448-640 rows, and in fp32 it gained nothing (results/engine/). The packed copies are for sampling: prepare again after
-    the weights change, and never train a prepared model (the packed layers pass no gradient).
+    (proj, fc2) it was slower at 448-640 rows, and in fp32 it gained nothing (results/engine/). The
+    packed copies are for sampling: prepare again after the weights change, and never train a prepared
+    model (the packed layers pass no gradient); prepare(model, "reference") undoes it.
     """
     loop = head_loop(model, engine)
-    if engine == "fast":
-        head = set(model.diffloss.net.modules()) if hasattr(model, "diffloss") else set()
-        for module in model.modules():
-            if (isinstance(module, torch.nn.Linear) and module not in head and module.weight.dtype == torch.bfloat16
-                    and module.out_features > module.in_features):
-                packed = _Linear.of(module) if module.bias is not None else None
-                if packed is not None and packed.packed is not None:
-                    module.forward = packed
+    head = set(model.diffloss.net.modules()) if hasattr(model, "diffloss") else set()
+    for module in model.modules():
+        if not isinstance(module, torch.nn.Linear):
+            continue
+        module.__dict__.pop("forward", None)  # undo an earlier prepare: a model may go from one engine to another
+        if (engine == "fast" and module not in head and module.weight.dtype == torch.bfloat16
+                and module.out_features > module.in_features and module.bias is not None):
+            packed = _Linear.of(module)
+            if packed.packed is not None:
+                module.forward = packed
     return loop
 
 

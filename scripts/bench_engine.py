@@ -43,13 +43,13 @@ HEAD = {"mar_base": (6, 1024), "mar_large": (8, 1280), "mar_huge": (12, 1536)}
 def machine_peaks():
     """This machine's fp32 and bf16 matmul rate (GFLOP/s, 2048^3) and streaming read bandwidth (GB/s,
     a 512 MB sum), at the current thread count."""
-    def best(fn, reps=3):
+    def best(fn, seconds=1.0):  # the fastest of repeats over about `seconds` (a short probe is noisy)
         fn()
-        times = []
-        for _ in range(reps):
-            start = time.perf_counter()
+        times, start = [], time.perf_counter()
+        while len(times) < 3 or time.perf_counter() - start < seconds:
+            begin = time.perf_counter()
             fn()
-            times.append(time.perf_counter() - start)
+            times.append(time.perf_counter() - begin)
         return min(times)
     peaks = {}
     for name, dtype in (("fp32", torch.float32), ("bf16", torch.bfloat16)):

@@ -19,7 +19,7 @@ from pathlib import Path
 import torch
 from tqdm import tqdm
 
-from eval.claims import load_claims
+from eval.claims import claims_path, load_claims
 from eval.cost import count_flops
 from eval.intervals import MIN_IMAGES, Reference
 from eval.records import command_line, read_records, record_path, run_record, write_record
@@ -47,9 +47,11 @@ def rows_of(argv):
     if len({cfg.demo.out for cfg in rows}) > 1:
         raise ConfigError("the rows of one command must share demo.out (one report folder)")
     try:
-        load_claims()
+        load_claims(claims_path(rows[0].demo.get("claims", "claims")))
     except ValueError as e:
         raise ConfigError(str(e)) from None
+    if len({cfg.demo.get("claims", "claims") for cfg in rows}) > 1:
+        raise ConfigError("the rows of one command must share demo.claims (one claims.md)")
     return [(cfg, check_run(cfg, model_on_meta(cfg.model))) for cfg in rows]
 
 
@@ -112,7 +114,7 @@ def main(argv=None):
                       f"{record['flops_T'] * 1e3:6.2f} GFLOPs  {record['latency_cpu_s']:.3f} s/img")
     records = list(read_records(runs).values())
     if records:
-        report(records, out, command_line())
+        report(records, out, command_line(), claims_path(rows[0][0].demo.get("claims", "claims")))
         print(f"wrote {out / 'README.md'}, summary.csv, claims.md, fid_vs_flops.png, fid_vs_latency.png and grids/ "
               f"({len(records)} rows)")
 

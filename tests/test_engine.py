@@ -150,3 +150,7 @@ def test_prepare_repacks_only_a_bf16_transformer():
                                 and not name.startswith("diffloss") and m.out_features > m.in_features}
             assert any(name.endswith("attn.qkv") for name in repacked) and any(name.endswith("mlp.fc1") for name in repacked)
             assert_close_to_scale(after.float(), before.float(), rtol=3e-2)
+        prepare(model, "reference")  # undone: the model is as it was
+        assert not any("forward" in m.__dict__ for m in model.modules())
+        with torch.no_grad():
+            assert torch.equal(model.condition(tokens.to(dtype), known, emb), before)
