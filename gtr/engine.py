@@ -5,7 +5,10 @@
     fast        FastHeadLoop: the same arithmetic, reorganised for a chain of diffusion steps on fixed z:
                 - z's embedding (cond_embed) is computed once per chain, the timestep embeddings once per
                   diffusion process, instead of at every step;
-                - silu(y), which every adaLN modulation reads, is computed once per step;
+                - every adaLN modulation of a chain is computed before it runs, in one GEMM per block for
+                  up to 1024 rows (steps x rows): it reads only silu(time + z embedding), known for every
+                  step in advance, so its weights (60% of the head's) are read once per chain, not per step;
+                - silu after fc1 is fused into the packed kernel, modulation and residual are addcmul;
                 - under guidance the guided and unguided rows share x: its input projection runs once;
                 - on the CPU, fp32 weights (and bf16 ones where the CPU has bf16 instructions) are reordered
                   once into oneDNN's blocked layout: at the few rows of a batch-1 chain (8 to 32) the default
@@ -75,8 +78,8 @@ class _Linear:
     """y = x W^T + b, with W reordered for oneDNN where that kernel exists for it: fp32 on the CPU, and bf16
     on a CPU with bf16 instructions (avx512_bf16 / AMX; elsewhere oneDNN's bf16 path is an emulation)."""
 
-    def __init__(self, weight, bias):
-        self.weight, self.bias = weight.detach(), bias.detach()
+    def __init__(self, weight, bias, silu=False):
+        self.weight, self.bias, self.silu = weight.detach(), bias.detach(), silu
         self.packed = None
         if weight.device.type == "cpu" and torch.backends.mkldnn.is_available() and (
                 weight.dtype == torch.float32 or (weight.dtype == torch.bfloat16 and cpu_has_bf16())):
@@ -87,12 +90,14 @@ class _Linear:
 
     def __call__(self, x):
         if self.packed is not None and x.dtype == self.weight.dtype and not torch.is_autocast_enabled("cpu"):
-            return torch.ops.mkldnn._linear_pointwise(x, self.packed, self.bias, "none", [], "")
-        return F.linear(x, self.weight.to(x.dtype), self.bias.to(x.dtype))
+            return torch.ops.mkldnn._linear_pointwise(x, self.packed, self.bias, "swish" if self.silu else "none", [], "")
+        y = F.linear(x, self.weight.to(x.dtype), self.bias.to(x.dtype))
+        return F.silu(y) if self.silu else y
 
     @classmethod
-    def of(cls, linear):
-        return cls(linear.weight, linear.bias)
+    def of(cls, linear, silu=False):
+        """The layer `linear`, followed by silu if asked (fused into the packed kernel: one pass less)."""
+        return cls(linear.weight, linear.bias, silu)
 
 
 class FastHeadLoop:
@@ -101,6 +106,9 @@ class FastHeadLoop:
     Built once per model (it copies the head's weights into the kernels' layout): build it again after
     the weights change.
     """
+    # Rows of one modulations GEMM (steps x rows of a chain): enough to make it compute-bound, while its
+    # output stays small (MAR-H: 1024 rows x 58k modulations x 4 bytes = 240 MB).
+    MODULATION_ROWS = 1024
 
     def __init__(self, model):
         self.model = model
@@ -110,7 +118,7 @@ class FastHeadLoop:
         self.cond_embed = _Linear.of(net.cond_embed)
         self.input_proj = _Linear.of(net.input_proj)
         # (Stacking every block's adaLN matrix into one call was measured slower on the CPU: 17 vs 25 GB/s.)
-        self.blocks = [(_Linear.of(block.adaLN_modulation[1]), block.in_ln, _Linear.of(block.mlp[0]),
+        self.blocks = [(_Linear.of(block.adaLN_modulation[1]), block.in_ln, _Linear.of(block.mlp[0], silu=True),
                         _Linear.of(block.mlp[2])) for block in net.res_blocks]
         self.final_adaln = _Linear.of(net.final_layer.adaLN_modulation[1])
         self.final_linear = _Linear.of(net.final_layer.linear)
@@ -150,39 +158,58 @@ class FastHeadLoop:
         c_emb = self.cond_embed(c)
         times = self.time_table(process, c_emb)
         coef = self.coefficients(process)
+        order = list(reversed(range(steps)))  # timesteps, last first; k counts the chain's steps
+        chunk = max(1, self.MODULATION_ROWS // c_emb.shape[0])
         x = noise[:, 0]
-        for k, i in enumerate(reversed(range(steps))):
-            out = float32_unless_autocast(self.net_out(x, times[i] + c_emb, guided))
-            if guided:
-                eps_c, eps_u = out[:n, :channels], out[n:, :channels]
-                eps, var_values = eps_u + cfg * (eps_c - eps_u), out[:n, channels:]
-            else:
-                eps, var_values = out[:, :channels], out[:, channels:]
-            eps, var_values = eps.float(), var_values.float()
-            min_log, max_log, recip, recipm1, coef1, coef2 = coef[i]
-            # The reference's arithmetic and order (Diffusion.p_mean_logvar), with scalar coefficients.
-            frac = (var_values + 1) / 2
-            log_var = frac * max_log + (1 - frac) * min_log
-            mean = coef1 * (recip * x - recipm1 * eps) + coef2 * x
-            x = mean + torch.exp(0.5 * log_var) * noise[:, k + 1] * temperature if i > 0 else mean
+        for start in range(0, steps, chunk):
+            # adaLN reads only y = silu(time + z embedding), known for every step before the chain runs:
+            # one GEMM per block for `chunk` steps instead of one weight read per step.
+            idx = order[start:start + chunk]
+            mods = self.modulations(times[idx][:, None] + c_emb[None])
+            for j, i in enumerate(idx):
+                out = float32_unless_autocast(self.net_out(x, [[part[j] for part in m] for m in mods], guided))
+                if guided:
+                    eps_c, eps_u = out[:n, :channels], out[n:, :channels]
+                    eps, var_values = eps_u + cfg * (eps_c - eps_u), out[:n, channels:]
+                else:
+                    eps, var_values = out[:, :channels], out[:, channels:]
+                eps, var_values = eps.float(), var_values.float()
+                min_log, max_log, recip, recipm1, coef1, coef2 = coef[i]
+                # The reference's arithmetic and order (Diffusion.p_mean_logvar), with scalar coefficients.
+                frac = (var_values + 1) / 2
+                log_var = frac * max_log + (1 - frac) * min_log
+                mean = coef1 * (recip * x - recipm1 * eps) + coef2 * x
+                x = mean + torch.exp(0.5 * log_var) * noise[:, start + j + 1] * temperature if i > 0 else mean
         return x
+
+    def modulations(self, y):
+        """Every adaLN modulation for y (steps, rows, W), the time + z embeddings of some steps: per block
+        (shift, 1 + scale, gate) and for the final layer (shift, 1 + scale), each (steps, rows, W)."""
+        steps, rows, width = y.shape
+        flat = F.silu(y).reshape(steps * rows, width)
+        mods = []
+        for adaln in [block[0] for block in self.blocks] + [self.final_adaln]:
+            parts = list(adaln(flat).view(steps, rows, -1).chunk(3 if adaln is not self.final_adaln else 2, dim=-1))
+            parts[1] = parts[1] + 1
+            mods.append(parts)
+        return mods
 
     def head(self, x, t, c):
         """One head call as the reference makes it, (x, t, z) -> (eps, variance values), on this engine's
         kernels (to compare with the official head)."""
-        return self.net_out(x, self.time_embed(t) + self.cond_embed(c), guided=False)
+        mods = self.modulations((self.time_embed(t) + self.cond_embed(c))[None])
+        return self.net_out(x, [[part[0] for part in m] for m in mods], guided=False)
 
-    def net_out(self, x, y, guided):
-        """The head network on noisy tokens x (n, C) and y = time + z embedding (rows, W); under guidance
-        rows = 2n and x is shared by the guided and unguided halves."""
-        h = self.input_proj(x.to(y.dtype))
+    def net_out(self, x, mods, guided):
+        """The head network on noisy tokens x (n, C) given one step's adaLN modulations `mods` (see
+        modulations; rows = n, or 2n under guidance, where x is shared by the guided and unguided halves)."""
+        h = self.input_proj(x.to(mods[0][0].dtype))
         if guided:
             h = torch.cat([h, h])
-        y = F.silu(y)
-        for adaln, norm, fc1, fc2 in self.blocks:
-            shift, scale, gate = adaln(y).chunk(3, dim=-1)
-            u = F.layer_norm(h, norm.normalized_shape, norm.weight, norm.bias, norm.eps) * (1 + scale) + shift
-            h = h + gate * fc2(F.silu(fc1(u)))
-        shift, scale = self.final_adaln(y).chunk(2, dim=-1)
+        for (_, norm, fc1_silu, fc2), (shift, scale_1, gate) in zip(self.blocks, mods):
+            u = torch.addcmul(shift, F.layer_norm(h, norm.normalized_shape, norm.weight, norm.bias, norm.eps), scale_1)
+            h = torch.addcmul(h, gate, fc2(fc1_silu(u)))
+        shift, scale_1 = mods[-1]
         final = self.net.final_layer.norm_final
-        return self.final_linear(F.layer_norm(h, final.normalized_shape, None, None, final.eps) * (1 + scale) + shift)
+        return self.final_linear(torch.addcmul(shift, F.layer_norm(h, final.normalized_shape, None, None, final.eps),
+                                               scale_1))

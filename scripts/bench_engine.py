@@ -6,15 +6,16 @@
 One random MAR (MAR-B by default; every parameter random, so no layer is zero) is run by the official
 `sample_tokens` (fp32, as released) and by gtr's sampler with engine=reference and engine=fast, one after
 the other for each setting (batch 1; --steps AR steps; 100 diffusion steps; cfg 3.0 linear), timing the
-components: transformer (encoder + decoder), head calls, and the rest (diffusion arithmetic, gathers,
-Python). From them: the head's achieved weight traffic (GB/s: head bytes x calls / head seconds) and the
-transformer's and the head's achieved GFLOP/s (FLOPs counted by eval/cost.py; a head call is
-bandwidth-bound at a few rows, compute-bound at many), beside this machine's streaming
-bandwidth and matmul peak measured in the same run. --throughput-batch B times one AR step's components
-at batch B (the transformer once, one 100-step head chain), for throughput.
+components: transformer (encoder + decoder), head (network calls; for the fast engine also its adaLN
+modulation GEMMs), and the rest (diffusion arithmetic, gathers, Python). From them: the head's achieved
+weight traffic (GB/s: the bytes one network call reads x calls / the calls' seconds) and the transformer's
+and the head's achieved GFLOP/s (FLOPs counted by eval/cost.py), beside this machine's streaming bandwidth
+and matmul peaks measured in the same run, and the issue's targets. --throughput-batch B times one AR
+step's components at batch B (the transformer once, one 100-step head chain), for throughput.
 
-bf16: measured only where this CPU has bf16 kernels (its bf16 matmul rate beats fp32 in the probe); on
-others a line says why not. Results: <out>/bench.md and bench.json, with the command.
+bf16: on a CPU with bf16 instructions (avx512_bf16 / AMX) two more systems run: ours with the model cast
+(`model.to(torch.bfloat16)`, engine=fast) and the official code under CPU bf16 autocast; elsewhere a line
+says why not. Results: <out>/bench.md and bench.json, with the command.
 """
 import argparse
 import copy
@@ -107,6 +108,7 @@ def run_ours(model, engine, steps, batch, cfg):
     model.condition = timer.wrap("transformer", type(model).condition.__get__(model))
     if isinstance(loop, FastHeadLoop):
         loop.net_out = timer.wrap("head", loop.net_out)
+        loop.modulations = timer.wrap("modulations", loop.modulations)
     else:
         model.head = timer.wrap("head", type(model).head.__get__(model))
     try:
@@ -120,16 +122,31 @@ def run_ours(model, engine, steps, batch, cfg):
     return total, timer
 
 
-def row(system, dtype, steps, batch, total, timer, head_bytes, transformer_flops, head_flops, peaks):
-    """One system's record; `head_bytes`: the bytes of head weights one call reads in this system's dtype
-    (autocast reads fp32 weights and casts them); efficiency against this dtype's measured peaks."""
-    head_s, trans_s = timer.seconds.get("head", 0.0), timer.seconds.get("transformer", 0.0)
-    head_calls = timer.calls.get("head", 0)
-    gbs = head_bytes * head_calls / head_s / 1e9 if head_s else None
+def head_weights(model, dtype):
+    """Bytes of the head's weights in `dtype` ("bf16" or fp32): (all, those the fast engine reads every
+    diffusion step, i.e. all but the adaLN modulations it computes once per chain)."""
+    size = 2 if dtype == "bf16" else 4
+    net = model.diffloss.net
+    adaln = [p for m in [*(b.adaLN_modulation for b in net.res_blocks), net.final_layer.adaLN_modulation]
+             for p in m.parameters()]
+    total = sum(p.numel() for p in net.parameters()) * size
+    return total, total - sum(p.numel() for p in adaln) * size
+
+
+def row(system, dtype, steps, batch, total, timer, weights, transformer_flops, head_flops, peaks):
+    """One system's record; efficiency against this dtype's measured peaks. `weights`: head_weights in the
+    dtype whose bytes a call reads (autocast reads fp32 weights and casts them). The head's time: its
+    network calls (and the fast engine's modulation GEMMs); its traffic: the weights each call reads."""
+    head_calls, mod_calls = timer.calls.get("head", 0), timer.calls.get("modulations", 0)
+    step_s, mod_s = timer.seconds.get("head", 0.0), timer.seconds.get("modulations", 0.0)
+    head_s, trans_s = step_s + mod_s, timer.seconds.get("transformer", 0.0)
+    read = weights[1] if mod_calls else weights[0]  # bytes of one network call
+    gbs = read * head_calls / step_s / 1e9 if step_s else None
     gflops = transformer_flops * batch / trans_s / 1e9 if trans_s else None
     peak = peaks["matmul_bf16_GFLOPs" if "bf16" in dtype else "matmul_fp32_GFLOPs"]
     return {"system": system, "dtype": dtype, "ar_steps": steps, "batch": batch, "seconds": total,
             "seconds_per_image": total / batch, "transformer_s": trans_s, "head_s": head_s,
+            "head_network_s": step_s, "modulations_s": mod_s, "modulation_calls": mod_calls,
             "rest_s": total - head_s - trans_s, "head_calls": head_calls, "head_GBs": gbs,
             "head_bandwidth_fraction": gbs / peaks["stream_GBs"] if gbs else None,
             "head_GFLOPs": head_flops * batch / head_s / 1e9 if head_s else None,
@@ -217,22 +234,27 @@ def report(path, result):
               f"git {result['git_commit']}; {result['date']}", "",
               f"Measured in this run: fp32 matmul {p['matmul_fp32_GFLOPs']:.1f} GFLOP/s, bf16 matmul "
               f"{p['matmul_bf16_GFLOPs']:.1f} GFLOP/s, streaming read {p['stream_GBs']:.1f} GB/s.", "",
-              "| AR steps | batch | system | dtype | s/image | vs official fp32 | transformer s | head s | rest s "
-              "| head calls | head GB/s (of stream) | head GFLOP/s | transformer GFLOP/s (of its dtype's peak) |",
-              "|" + "---|" * 13]
+              "| AR steps | batch | system | dtype | s/image | vs official fp32 | transformer s | head s "
+              "(modulations) | rest s | head calls | head GB/s (of stream) | head GFLOP/s | transformer GFLOP/s "
+              "(of its dtype's peak) |", "|" + "---|" * 13]
     official = {(r["ar_steps"], r["batch"]): r["seconds_per_image"] for r in result["rows"]
                 if r["system"] == "official" and r["dtype"] == "fp32"}
     for r in result["rows"]:
         ref = official.get((r["ar_steps"], r["batch"]))
         ratio = f"{r['seconds_per_image'] / ref:.3f}" if ref else "-"
         lines.append(f"| {r['ar_steps']} | {r['batch']} | {r['system']} | {r['dtype']} | {r['seconds_per_image']:.2f} "
-                     f"| {ratio} | {r['transformer_s']:.2f} | {r['head_s']:.2f} | {r['rest_s']:.2f} | {r['head_calls']} "
+                     f"| {ratio} | {r['transformer_s']:.2f} | {r['head_s']:.2f}"
+                     + (f" ({r['modulations_s']:.2f})" if r.get("modulation_calls") else "") +
+                     f" | {r['rest_s']:.2f} | {r['head_calls']} "
                      f"| {r['head_GBs']:.1f} ({r['head_bandwidth_fraction']:.0%}) | {r['head_GFLOPs']:.1f} "
                      f"| {r['transformer_GFLOPs']:.1f} ({r['transformer_peak_fraction']:.0%}) |")
     checks = targets(result["rows"])
     if checks:
         lines += ["", "Targets (issue 14, batch 1, this run):", "", "| what | measured | target | met |", "|---|---|---|---|"]
         lines += [f"| {what} | {value:.3f} | {goal} | {'yes' if met else 'no'} |" for what, value, goal, met in checks]
+    lines += ["", "head s: the head network's calls, and for the fast engine its adaLN modulation GEMMs (once per "
+              "chain, in brackets). head GB/s: the weights one network call reads x calls / the calls' time (the fast "
+              "engine's calls read all but the adaLN weights). rest: diffusion arithmetic, gathers, Python."]
     if result.get("throughput"):
         t = result["throughput"]
         base = t.get("official fp32")
@@ -296,8 +318,7 @@ def main():
                   lambda m=m, e=e: run_ours(m, e, steps, 1, args.cfg)) for name, (m, e) in systems.items()]
         for system, dtype, fn in runs:
             total, timer = fn()
-            head_bytes = sum(p.numel() * (2 if dtype == "bf16" else 4) for p in model.diffloss.net.parameters())
-            rows.append(row(system, dtype, steps, 1, total, timer, head_bytes, flops, head_flops, peaks))
+            rows.append(row(system, dtype, steps, 1, total, timer, head_weights(model, dtype), flops, head_flops, peaks))
             r = rows[-1]
             print(f"{steps:3d} AR steps  {system:<9} {dtype:<13} {total:8.2f} s  transformer {r['transformer_s']:.2f}  "
                   f"head {r['head_s']:.2f} ({r['head_GBs']:.1f} GB/s)  rest {r['rest_s']:.2f}", flush=True)

@@ -103,15 +103,17 @@ def test_a_cast_model_samples_in_its_dtype_with_fp32_tokens(engine):
     """precision=cast: model.to(bf16) samples through the same sampler; tokens, noise and the diffusion
     arithmetic stay fp32, and the result follows the fp32 model's up to bf16 rounding."""
     model = load_mar(build_mar("mar_tiny"), str(TINY)).eval()
-    method, labels = mar(4, 20, clip_timesteps=950), torch.arange(3)
-    fp32 = sample(model, method, labels, [image_generator(0, i) for i in range(3)], cfg=2.0,
-                  head_loop=head_loop(model, engine))
+    method, labels = mar(4, 20, clip_timesteps=950), torch.arange(30) % 10
+    fp32 = sample(model, method, labels, [image_generator(0, i) for i in range(30)], cfg=2.0,
+                  head_loop=prepare(model, engine))
     model = model.to(torch.bfloat16)
-    bf16 = sample(model, method, labels, [image_generator(0, i) for i in range(3)], cfg=2.0,
-                  head_loop=head_loop(model, engine))
+    bf16 = sample(model, method, labels, [image_generator(0, i) for i in range(30)], cfg=2.0,
+                  head_loop=prepare(model, engine))
     assert bf16.dtype == torch.float32 and torch.isfinite(bf16).all()
     # bf16 keeps 8 bits of mantissa; sampling amplifies differences, so compare the images' overall
-    # agreement: nearly every pixel within 4 grey levels of the fp32 image's (measured: 99.6%, mean 0.48).
+    # agreement: nearly every pixel within 4 grey levels of the fp32 image's (measured over these 30 images
+    # on an Intel Xeon with AMX: 99.1% with the reference engine, 99.0% with fast; mean difference 0.44;
+    # single images down to 94%, so a few images are not enough).
     decode = decoder({"decoder": "pixels"}, model)
     a, b = decode(bf16).numpy().astype(int), decode(fp32).numpy().astype(int)
     assert (abs(a - b) <= 4).mean() >= 0.98, f"only {(abs(a - b) <= 4).mean():.1%} of pixels within 4 levels"
