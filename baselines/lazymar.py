@@ -331,7 +331,7 @@ class LazyHead:
         """As HeadMLP.forward (same ops, same results), keeping what lazy steps reuse."""
         net = self.net
         y = net.time_embed(t) + net.cond_embed(c)
-        h = net.input_proj(x)
+        h = net.input_proj(x.to(net.input_proj.weight.dtype))  # fp32 tokens into a cast head
         for j, block in enumerate(net.res_blocks):
             shift, scale, gate = block.adaLN_modulation(y).chunk(3, dim=-1)
             m = block.mlp(modulate(block.in_ln(h), shift, scale))
@@ -351,7 +351,7 @@ class LazyHead:
         net = self.net
         n = x.shape[0] // 2 if self.guided else x.shape[0]
         y = net.time_embed(t[:n]) + net.cond_embed(c[:n])
-        h = net.input_proj(x[:n])
+        h = net.input_proj(x[:n].to(net.input_proj.weight.dtype))
         for j, block in enumerate(net.res_blocks):
             if j in self.skip_blocks:
                 h = h + self._delta[j][:n]

@@ -1,6 +1,7 @@
 """The Hydra config tree (configs/): every model x method composes and builds, every method samples on
 the tiny model and fills each position exactly once, slot swaps compose, invalid pairs are refused, the
 experiment files compose row by row, and a `-m` sweep runs end to end."""
+import copy
 import importlib.util
 import json
 import sys
@@ -16,6 +17,7 @@ from omegaconf import OmegaConf
 
 from gtr.build import build_method
 from gtr.config import ConfigError, compose, register_resolvers
+from gtr.engine import prepare
 from gtr.load import build_model
 from gtr.runs import settings_hash
 from gtr.models.lightgen import MODEL_CONFIGS as LIGHTGEN_CONFIGS, LightGenConfig
@@ -215,6 +217,23 @@ def test_every_method_samples_and_fills_each_position_once(method, tiny_model):
         assert sorted(row.tolist()) == list(range(64)), f"{method}: a position is filled twice or never"
     assert [p.shape[1] for p in predicted] == built.counts((8, 8))
     assert torch.isfinite(tokens).all() and (tokens.abs().sum(-1) > 0).all()  # every token written
+
+
+@pytest.mark.parametrize("method", METHODS)
+def test_every_method_samples_a_bf16_cast_model_on_either_engine(method, tiny_model):
+    """precision=cast dtype=bf16 with every method (its caches, heads and hooks meet bf16 activations and
+    fp32 tokens), on the reference and the fast engine."""
+    cfg = cfg_of("model=tiny", "model.random_init=true", f"method={method}")
+    for key, value in FAST_STEPS[cfg.method.steps._target_].items():
+        cfg.method.steps[key] = value
+    cfg.method.num_iter = 12 if cfg.method.cache._target_ == "baselines.lazymar.LazyMAR" else min(cfg.method.get("num_iter", 8), 8)
+    if cfg.method.cache._target_ == "baselines.cspd.DraftCache":
+        cfg.method.draft = "tiny"
+    model = copy.deepcopy(tiny_model).to(torch.bfloat16)
+    for engine in ("reference", "fast"):
+        tokens = sample(model, build_method(cfg.method, grid=(8, 8)), torch.tensor([2, 7]),
+                        [image_generator(0, i) for i in range(2)], cfg=2.0, head_loop=prepare(model, engine))
+        assert tokens.dtype == torch.float32 and torch.isfinite(tokens).all(), f"{method} on {engine}"
 
 
 # ---------------------------------------------------------------- experiments

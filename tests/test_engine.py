@@ -156,3 +156,29 @@ def test_prepare_repacks_only_a_bf16_transformer():
         assert not any("forward" in m.__dict__ for m in model.modules())
         with torch.no_grad():
             assert torch.equal(model.condition(tokens.to(dtype), known, emb), before)
+
+
+def test_bench_engine_reads_its_targets_from_the_rows():
+    """scripts/bench_engine.py: the head bytes a fast call reads leave out the adaLN weights it computes once
+    per chain, and the issue's targets are read from the 64-step rows of the same run."""
+    import importlib.util
+    spec = importlib.util.spec_from_file_location("bench_engine", Path(__file__).resolve().parents[1] / "scripts" / "bench_engine.py")
+    bench = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(bench)
+    model = random_mar(diffloss_d=2, diffloss_w=48)
+    total, per_step = bench.head_weights(model, "fp32")
+    assert total == 4 * sum(p.numel() for p in model.diffloss.net.parameters())
+    adaln = 4 * sum(p.numel() for n, p in model.diffloss.net.named_parameters() if "adaLN" in n)
+    assert per_step == total - adaln and bench.head_weights(model, "bf16") == (total // 2, per_step // 2)
+
+    def r(system, dtype, seconds, bandwidth=0.8, peak=0.8, steps=64):
+        return {"system": system, "dtype": dtype, "ar_steps": steps, "batch": 1, "seconds": seconds,
+                "head_bandwidth_fraction": bandwidth, "transformer_peak_fraction": peak}
+    rows = [r("official", "fp32", 100.0), r("official", "fp32", 10.0, steps=16), r("fast", "fp32", 74.0),
+            r("fast", "bf16", 26.0, bandwidth=0.69, peak=0.4)]
+    met = {what: (round(value, 3), ok) for what, value, _, ok in bench.targets(rows)}
+    assert met["fast fp32 / official fp32, 64 AR steps"] == (0.74, True)
+    assert met["fast bf16 / official fp32, 64 AR steps"] == (0.26, False)
+    assert met["fast bf16: head weight traffic / streaming bandwidth"] == (0.69, False)
+    assert met["fast fp32: transformer GFLOP/s / fp32 matmul peak"] == (0.8, True)
+    assert bench.targets([r("fast", "fp32", 1.0)])[0][0].startswith("fast fp32: head")  # no official: no ratio

@@ -105,3 +105,22 @@ def test_demo_refuses_unknown_rows_and_missing_checkpoint(tmp_path):
         demo.main(["experiment=demo", "+experiment/demo=nope"])
     with pytest.raises(SystemExit, match="scripts/train.py"):
         demo.main([f"model.checkpoint={tmp_path / 'missing.pth'}", f"records={tmp_path}"])
+
+
+def test_a_report_tests_the_claims_its_rows_name(capsys):
+    """demo.claims picks the claims file of a report (the engine's rows test configs/claims_engine.yaml);
+    a name that is no claims file is one line before any work."""
+    from eval.claims import CLAIMS, claims_path, load_claims
+    from gtr.config import compose
+    assert claims_path() == CLAIMS and set(load_claims(claims_path("claims_engine"))) == {"E1", "E2"}
+    rows = compose(["experiment=bench_tiny_engine"])
+    assert {c.demo.claims for c in rows} == {"claims_engine"} and {c.demo.claims for c in compose(["experiment=demo"])} == {"claims"}
+    named = {row for claim in load_claims(claims_path("claims_engine")).values() for test in claim["tests"] for row in test[::2]}
+    assert {f"tiny/{row}" for row in named} == {c.key for c in rows}
+    for name in ("nope", "../claims", "table1"):  # table1.yaml is no claims file (it is not in configs/ itself)
+        with pytest.raises(ValueError, match="demo.claims must name a claims file"):
+            claims_path(name)
+    demo = load_script("demo")
+    with pytest.raises(SystemExit) as stop:
+        demo.main(["experiment=tiny", "demo.claims=nope"])
+    assert str(stop.value) == "error: demo.claims must name a claims file in configs/ (e.g. claims), got 'nope'"
