@@ -131,7 +131,8 @@ def check_values(cfg):
     """Refuse a bad value of a plain knob with one sentence (before any model is built).
 
     n, seed, cfg, cfg_schedule, temperature, batch_size, shard_size, engine, dtype, precision, device, threads, tf32,
-    labels' form, rank, world_size, grid_images and the eval set's size; class ranges, grids and prompt
+    labels' form, rank, world_size, grid_images, the eval set's size and latency's batch_size, batches and
+    warmup; class ranges, grids and prompt
     files are checked by gtr.runs.check_run with the model's shape.
     """
     def need(ok, text):
@@ -167,6 +168,10 @@ def check_values(cfg):
          f"labels must be a list of class ids like [207,360], got {OmegaConf.to_container(labels) if isinstance(labels, ListConfig) else labels!r}")
     size = cfg.eval.get("num_images")
     need(size is None or _is_int(size, 1), f"eval.num_images must be a positive integer, got {size!r}")
+    latency = cfg.get("latency") or {}
+    for knob, low in (("batch_size", 1), ("batches", 1), ("warmup", 0)):
+        value = latency.get(knob, low)
+        need(_is_int(value, low), f"latency.{knob} must be an integer >= {low}, got {value!r}")
     if 0 <= cfg.cfg < 1:
         log.warning("cfg=%s < 1: guidance towards the unconditional model (1 is no guidance)", cfg.cfg)
 

@@ -175,6 +175,8 @@ def test_a_folder_made_with_other_settings_is_not_resumed(reference, tmp_path, c
     (["dtype=fp8"], "dtype must be one of fp32, bf16, fp16"),
     (["device=tpu"], "device must be auto, cpu, cuda or cuda:N"),
     (["threads=0"], "threads must be null or a positive integer"),
+    (["latency.batches=0"], "latency.batches must be an integer >= 1, got 0"),
+    (["latency.warmup=-1"], "latency.warmup must be an integer >= 0"),
     (["model=nope"], "unknown model 'nope'; choose one of"),
     (["eval=nope"], "unknown eval 'nope'; choose one of"),
     (["labels=[3,10]"], "labels must be class ids in [0, 10)"),
