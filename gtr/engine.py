@@ -23,7 +23,8 @@ repacks a bf16 model's widening transformer layers (see prepare).
 
 The engine is a run setting (`engine=` in configs/sample.yaml), recorded in run records and part of a
 run's identity when it is not the reference. Caches with a stateful head (LazyMAR's) keep the reference
-loop: the fast loop runs only the model's own head.
+loop; the fast loop runs any MAR's plain head (the model's, or a speculative method's draft's, each with
+its own packed weights) and fills the trace that speculative verification asks for (sample_head's).
 """
 import torch
 import torch.nn.functional as F
@@ -123,6 +124,7 @@ class FastHeadLoop:
         self.final_adaln = _Linear.of(net.final_layer.adaLN_modulation[1])
         self.final_linear = _Linear.of(net.final_layer.linear)
         self.time_tables, self.coefficient_tables = {}, {}
+        self.others = {}  # id(model) -> (model, its FastHeadLoop), for other models' plain heads
 
     def time_table(self, process, like):
         """time_embed of every timestep of `process` (S, W), computed once per process and dtype."""
@@ -143,9 +145,14 @@ class FastHeadLoop:
         return self.coefficient_tables[key]
 
     def __call__(self, head, cond, process, noise, uncond=None, cfg=1.0, temperature=1.0, trace=None):
-        if not (isinstance(head, PlainHead) and head.net == self.model.head) or trace is not None:
+        owner = getattr(getattr(head, "net", None), "__self__", None)  # the model whose plain head this is
+        if not isinstance(head, PlainHead) or not hasattr(owner, "diffloss"):
             return sample_head(head, cond, process, noise, uncond=uncond, cfg=cfg, temperature=temperature,
                                trace=trace)
+        if owner is not self.model:  # another model's head (a speculative method's draft): its own fast loop
+            if id(owner) not in self.others:
+                self.others[id(owner)] = (owner, FastHeadLoop(owner))
+            return self.others[id(owner)][1](head, cond, process, noise, uncond, cfg, temperature, trace)
         n, channels, steps = noise.shape[0], noise.shape[2], process.num_steps
         if n == 0:
             return noise[:, 0]
@@ -179,7 +186,15 @@ class FastHeadLoop:
                 frac = (var_values + 1) / 2
                 log_var = frac * max_log + (1 - frac) * min_log
                 mean = coef1 * (recip * x - recipm1 * eps) + coef2 * x
-                x = mean + torch.exp(0.5 * log_var) * noise[:, start + j + 1] * temperature if i > 0 else mean
+                if i > 0:
+                    x = mean + torch.exp(0.5 * log_var) * noise[:, start + j + 1] * temperature
+                    if trace is not None:  # as sample_head's trace: log std summed from the first step down
+                        log_std = 0.5 * log_var if start + j == 0 else log_std + 0.5 * log_var
+                else:
+                    x = mean
+        if trace is not None:
+            trace.update(mean=x, std=torch.exp(0.5 * log_var) * temperature,
+                         log_std=log_std if steps > 1 else torch.zeros_like(x))
         return x
 
     def modulations(self, y):

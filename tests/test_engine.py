@@ -182,3 +182,26 @@ def test_bench_engine_reads_its_targets_from_the_rows():
     assert met["fast bf16: head weight traffic / streaming bandwidth"] == (0.69, False)
     assert met["fast fp32: transformer GFLOP/s / fp32 matmul peak"] == (0.8, True)
     assert bench.targets([r("fast", "fp32", 1.0)])[0][0].startswith("fast fp32: head")  # no official: no ratio
+
+
+def test_fast_loop_runs_a_drafts_head_and_fills_the_trace():
+    """Speculative methods (CSpD): the fast loop also runs another model's plain head (the draft's) with
+    that model's weights, and fills the trace (last Gaussian, summed log std) as the reference does."""
+    target, draft = random_mar(diffloss_d=2, diffloss_w=48), random_mar(seed=1, diffloss_d=1, diffloss_w=32)
+    g = torch.Generator().manual_seed(2)
+    n, width = 5, target.config.width
+    cond, uncond = torch.randn(n, width, generator=g), torch.randn(n, width, generator=g)
+    process = sampling_diffusion(12)
+    noise = torch.randn(n, 1 + process.num_steps, target.token_dim, generator=g)
+    loop = FastHeadLoop(target)
+    for model in (target, draft):
+        traces = {}
+        for name, run in (("reference", sample_head), ("fast", loop)):
+            traces[name] = {}
+            with torch.no_grad():
+                traces[name]["x"] = run(PlainHead(model), cond, process, noise, uncond=uncond, cfg=2.0,
+                                        temperature=0.9, trace=traces[name])
+        assert set(traces["fast"]) == {"x", "mean", "std", "log_std"}
+        for key in traces["fast"]:
+            assert_close_to_scale(traces["fast"][key], traces["reference"][key], rtol=1e-5)
+    assert list(loop.others.values())[0][0] is draft  # the draft got its own fast loop
