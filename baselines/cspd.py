@@ -93,12 +93,17 @@ class DraftCache:
         return self.models[device, dtype]
 
     def check_grid(self, grid):
-        """Refuse a draft whose token grid is not the target's (gtr.build.dry_run calls it before any work)."""
+        """Refuse a draft whose token grid is not the target's, or whose checkpoint file is missing
+        (gtr.build.dry_run calls it before any work)."""
         if isinstance(self.draft_source, torch.nn.Module):
             draft = self.draft_source
         else:
-            from gtr.load import model_on_meta
+            from gtr.load import find_file, model_on_meta
             draft = model_on_meta(self.draft_source)
+            path = self.draft_source.get("checkpoint")
+            if path and not self.draft_source.get("random_init") and find_file(path) is None:
+                raise ValueError(f"its draft's checkpoint {path} does not exist (check the path; "
+                                 f"method.draft_checkpoint=PATH, or model.random_init=true for random weights)")
         if (draft.seq_h, draft.seq_w) != tuple(grid):
             raise ValueError(f"its draft's token grid {draft.seq_h}x{draft.seq_w} is not the model's "
                              f"{grid[0]}x{grid[1]}: pick a draft of the same grid (method.draft=...)")

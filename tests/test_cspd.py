@@ -102,6 +102,7 @@ def test_flops_count_both_models():
     ("method.ratio=1.5", "CSpD ratio must be a number in [0, 1)"),
     ("method.draft=nope", "unknown draft model 'nope'"),
     ("method.draft=mar_b", "its draft's token grid 16x16 is not the model's 8x8"),
+    ("method.draft_checkpoint=/no/such.pth", "its draft's checkpoint /no/such.pth does not exist"),
 ])
 def test_bad_knobs_are_refused_in_one_line(override, message):
     cfg = compose(["model=tiny", "method=cspd", override])
