@@ -132,8 +132,7 @@ def check_values(cfg):
 
     n, seed, cfg, cfg_schedule, temperature, batch_size, shard_size, engine, dtype, precision, device, threads, tf32,
     labels' form, rank, world_size, grid_images, the eval set's size and latency's batch_size, batches and
-    warmup; class ranges, grids and prompt
-    files are checked by gtr.runs.check_run with the model's shape.
+    warmup; class ranges, grids and prompt files are checked by gtr.runs.check_run with the model's shape.
     """
     def need(ok, text):
         if not ok:

@@ -66,7 +66,8 @@ def prepare(model, engine="reference"):
     for module in model.modules():
         if not isinstance(module, torch.nn.Linear):
             continue
-        module.__dict__.pop("forward", None)  # undo an earlier prepare: a model may go from one engine to another
+        if isinstance(module.__dict__.get("forward"), _Linear):  # undo an earlier prepare (another engine's)
+            del module.forward
         if (engine == "fast" and module not in head and module.weight.dtype == torch.bfloat16
                 and module.out_features > module.in_features and module.bias is not None):
             packed = _Linear.of(module)
@@ -203,8 +204,8 @@ class FastHeadLoop:
         steps, rows, width = y.shape
         flat = F.silu(y).reshape(steps * rows, width)
         mods = []
-        for adaln in [block[0] for block in self.blocks] + [self.final_adaln]:
-            parts = list(adaln(flat).view(steps, rows, -1).chunk(3 if adaln is not self.final_adaln else 2, dim=-1))
+        for adaln in [block[0] for block in self.blocks] + [self.final_adaln]:  # 3 (blocks) or 2 (final) parts
+            parts = list(adaln(flat).view(steps, rows, -1).chunk(adaln.weight.shape[0] // width, dim=-1))
             parts[1] = parts[1] + 1
             mods.append(parts)
         return mods

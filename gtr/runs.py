@@ -140,8 +140,10 @@ def pick_device(name):
 def generate(cfg, model, method, decode, labels, indices, progress=None, condition=torch.as_tensor):
     """Images (k, H, W, C) uint8 and, with eval.save_tokens, tokens (k, L, C) of the image `indices` of
     the run `cfg`, in batches of cfg.batch_size (image i from image_generator(cfg.seed, i), label
-    labels[i], under cfg.dtype's autocast unless the model was cast, with cfg.engine's head loop, the model prepared for it); progress(number of images) after each batch. condition(labels
-    of a batch) is the model's condition input: the class ids (MAR), or the prompts' T5 states (LightGen)."""
+    labels[i], under cfg.dtype's autocast unless the model was cast, on cfg.engine: gtr.engine.prepare
+    readies the model and gives the head loop); progress(number of images) after each batch.
+    condition(labels of a batch) is the model's condition input: the class ids (MAR), or the prompts' T5
+    states (LightGen)."""
     amp = precision(cfg)[1]
     loop = prepare(model, cfg.get("engine", "reference"))
     images, tokens = [], []

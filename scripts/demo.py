@@ -46,12 +46,13 @@ def rows_of(argv):
             raise ConfigError(f"demo.out must be a folder name under records (e.g. demo), got {out!r}")
     if len({cfg.demo.out for cfg in rows}) > 1:
         raise ConfigError("the rows of one command must share demo.out (one report folder)")
+    claims = {cfg.demo.get("claims", "claims") for cfg in rows}
+    if len(claims) > 1:
+        raise ConfigError("the rows of one command must share demo.claims (one claims.md)")
     try:
-        load_claims(claims_path(rows[0].demo.get("claims", "claims")))
+        load_claims(claims_path(claims.pop()))
     except ValueError as e:
         raise ConfigError(str(e)) from None
-    if len({cfg.demo.get("claims", "claims") for cfg in rows}) > 1:
-        raise ConfigError("the rows of one command must share demo.claims (one claims.md)")
     return [(cfg, check_run(cfg, model_on_meta(cfg.model))) for cfg in rows]
 
 
