@@ -35,6 +35,9 @@ def run_record(cfg, device, batch_size=1, images=None, **measured):
         "precision": cfg.get("precision", "autocast"), "batch_size": int(batch_size),
         "num_images": int(images if images is not None else num_images(cfg)),
     }
+    clash = sorted(set(measured) & set(record))
+    if clash:  # a measurement must not overwrite what the run was (e.g. "precision", the dtype protocol)
+        raise ValueError(f"measured field(s) {', '.join(clash)} would overwrite the record's own")
     record.update(measured)
     return record
 

@@ -7,6 +7,7 @@ import pytest
 import torch
 
 from gtr.checkpoints import load_mar
+from gtr.config import compose
 from gtr.models.mar import build_mar
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -76,14 +77,16 @@ def test_demo_pipeline_on_a_handful_of_images(trained, tmp_path):
     assert "Every row" in text and "Table 1" in text and "Table 5" in text
     summary = (tmp_path / "demo" / "summary.csv").read_text().splitlines()
     assert summary[0].startswith("row,family,method,group,flops_G") and len(summary) == 4
+    assert ",precision,precision_lo,precision_hi,recall," in summary[0]
     assert (tmp_path / "demo" / "fid_vs_flops.png").stat().st_size > 0
     assert (tmp_path / "demo" / "fid_vs_latency.png").stat().st_size > 0
     assert (tmp_path / "demo" / "grids" / "gtr2.png").exists()
     for r in records.values():  # every score inside its interval, recall without one; the barely
-        for name in ("fid", "kid", "is", "accuracy", "precision"):  # trained model can pin a rate at 0 or 1
+        for name in ("fid", "kid", "is", "accuracy", "knn_precision"):  # trained model can pin a rate at 0 or 1
             assert r[f"{name}_lo"] <= r[name] <= r[f"{name}_hi"], name
         assert r["fid_hi"] - r["fid_lo"] > 0 and r["kid_hi"] - r["kid_lo"] > 0
-        assert 0.0 <= r["recall"] <= 1.0 and "recall_lo" not in r
+        assert 0.0 <= r["knn_recall"] <= 1.0 and "knn_recall_lo" not in r
+        assert r["precision"] == "autocast"  # the run's dtype protocol, not overwritten by the k-NN score
     claims = (tmp_path / "demo" / "claims.md").read_text()  # C3 tests gtr vs raster; gtr was not run
     assert "| gtr better raster | | | | | | not run (gtr missing) |" in claims
     # a rerun skips finished rows and gives the same record; a row whose features are gone is redone
@@ -124,3 +127,29 @@ def test_a_report_tests_the_claims_its_rows_name(capsys):
     with pytest.raises(SystemExit) as stop:
         demo.main(["experiment=tiny", "demo.claims=nope"])
     assert str(stop.value) == "error: demo.claims must name a claims file in configs/ (e.g. claims), got 'nope'"
+
+
+def test_a_measurement_cannot_overwrite_what_the_run_was():
+    from eval.records import run_record
+    cfg = compose(["experiment=tiny", "method=gtr"])[0]
+    with pytest.raises(ValueError, match="precision"):
+        run_record(cfg, "cpu", flops_T=1.0, precision=0.9)
+
+
+@pytest.mark.parametrize("folder", ["demo", "tiny_engine", "tiny_cspd"])
+def test_committed_tiny_world_summaries_follow_from_their_records(folder):
+    """Each committed summary.csv is what eval.tiny_world.summary makes of the committed records."""
+    import pandas as pd
+    from eval.records import read_records
+    from eval.tiny_world import summary
+    out = ROOT / "results" / folder
+    records = list(read_records(out / "runs").values())
+    assert records and all(r["precision"] in ("autocast", "cast") for r in records)
+    committed = pd.read_csv(out / "summary.csv")
+    made = summary(records)
+    assert list(made.columns) == list(committed.columns)
+    for column in committed.columns:
+        if committed[column].dtype.kind in "fi":
+            assert made[column].to_numpy(float) == pytest.approx(committed[column].to_numpy(float), rel=1e-9, nan_ok=True)
+        else:
+            assert made[column].fillna("").astype(str).tolist() == committed[column].fillna("").astype(str).tolist()
