@@ -7,7 +7,7 @@ STAMP := $(VENV)/.installed
 FASHION := /usr/share/datasets/fashion-mnist/train-images-idx3-ubyte.gz
 TORCH := torch==2.14.1 torchvision==0.29.1
 
-.PHONY: help install data test demo train-tiny flops latency-cpu bench-engine tables results weights verify-official verify-baselines \
+.PHONY: help install data test demo train-tiny train-tiny16 flops latency-cpu bench-engine tables results weights verify-official verify-baselines \
         verify-lazymar verify-recap verify-cspd verify-lightgen bench-tiny gpu-check gpu-wheels reproduce-table1 reproduce-table2 reproduce-table3 reproduce-table4 reproduce-table5 clean
 
 help:  ## list the targets
@@ -33,6 +33,9 @@ test: $(STAMP) data  ## run the test suite (CPU, no downloads)
 
 train-tiny: $(STAMP) data  ## train (or continue training) the tiny Fashion-MNIST MAR; resumable
 	$(PY) scripts/train.py --out results/tiny_mar --steps 2000
+
+train-tiny16: $(STAMP) data  ## train the 16x16 tiny MAR (experiment=tiny16): ~5 h on 2 cores; resumable, MINUTES=60 per chunk
+	$(PY) scripts/train.py --model mar_tiny16 --out results/tiny16_mar --steps 2000 $(if $(MINUTES),--minutes $(MINUTES))
 
 demo: $(STAMP) data  ## the tiny world end to end on CPU: every row sampled, scored, counted, timed -> outputs/demo/
 	$(PY) scripts/demo.py $(ARGS)

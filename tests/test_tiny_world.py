@@ -153,3 +153,19 @@ def test_committed_tiny_world_summaries_follow_from_their_records(folder):
             assert made[column].to_numpy(float) == pytest.approx(committed[column].to_numpy(float), rel=1e-9, nan_ok=True)
         else:
             assert made[column].fillna("").astype(str).tolist() == committed[column].fillna("").astype(str).tolist()
+
+
+def test_the_tiny_world_takes_another_token_grid(tmp_path):
+    """The 16x16 tiny MAR (256 tokens, ImageNet's sequence) runs Table 1's rows as the paper writes them
+    (8 AR steps; GtR's stage budget) through the same demo, report and claims (random weights)."""
+    demo = load_script("demo")
+    demo.main(["experiment=tiny16", "+experiment/table1=s8_step,s8_gtr", "model.random_init=true",
+               f"records={tmp_path}", *DEMO])
+    runs = tmp_path / "tiny16" / "runs"
+    records = {p.stem: json.loads(p.read_text()) for p in runs.glob("*.json")}
+    assert set(records) == {"tiny16__step8__mar", "tiny16__step8__gtr"}
+    assert records["tiny16__step8__mar"]["config"]["method"]["num_iter"] == 8  # unscaled: the paper's own count
+    text = (tmp_path / "tiny16" / "README.md").read_text()
+    assert text.startswith("# The tiny world (Fashion-MNIST MAR, 16x16 tokens, CPU)")
+    assert "| step8/gtr better step8/step |" in (tmp_path / "tiny16" / "claims.md").read_text()
+    assert (tmp_path / "tiny16" / "grids" / "step8_gtr.png").is_file()

@@ -79,6 +79,12 @@ MODEL_CONFIGS = {
     "mar_tiny": dict(img_size=32, vae_stride=1, patch_size=4, vae_embed_dim=1, width=128, depth=3, num_heads=4,
                      buffer_size=16, class_num=10, diffloss_d=3, diffloss_w=192, attn_dropout=0.0,
                      proj_dropout=0.0, diffusion_batch_mul=2),
+    # The tiny world on ImageNet-256's sequence: the same images as 2x2 pixel patches (4-dim tokens), a 16x16 grid
+    # of 256 tokens, so the paper's AR step counts (64 / 16 / 8) and GtR's 24 + 6 + 2 apply unscaled. Otherwise
+    # mar_tiny's layers; the buffer scales with the sequence (ImageNet MAR: 64 for 256 tokens).
+    "mar_tiny16": dict(img_size=32, vae_stride=1, patch_size=2, vae_embed_dim=1, width=128, depth=3, num_heads=4,
+                       buffer_size=64, class_num=10, diffloss_d=3, diffloss_w=192, attn_dropout=0.0,
+                       proj_dropout=0.0, diffusion_batch_mul=2),
     # A draft for the tiny world's speculative rows (CSpD): the same tokens, 1+1 layers of width 64, head 96 x 2.
     "mar_tiny_draft": dict(img_size=32, vae_stride=1, patch_size=4, vae_embed_dim=1, width=64, depth=1, num_heads=4,
                            buffer_size=16, class_num=10, diffloss_d=2, diffloss_w=96, attn_dropout=0.0,
