@@ -11,7 +11,9 @@ modulation GEMMs), and the rest (diffusion arithmetic, gathers, Python). From th
 weight traffic (GB/s: the bytes one network call reads x calls / the calls' seconds) and the transformer's
 and the head's achieved GFLOP/s (FLOPs counted by eval/cost.py), beside this machine's streaming bandwidth
 and matmul peaks measured in the same run, and the issue's targets. --throughput-batch B times one AR
-step's components at batch B (the transformer once, one 100-step head chain), for throughput.
+step's components at batch B (the transformer once, one 100-step head chain), for throughput. Last, a
+torch.profiler breakdown of the fast systems' transformer (linear GEMMs, attention, the rest) with the
+GFLOP/s the GEMMs reach at their own shapes.
 
 bf16: on a CPU with bf16 instructions (avx512_bf16 / AMX) two more systems run: ours with the model cast
 (`model.to(torch.bfloat16)`, engine=fast) and the official code under CPU bf16 autocast; elsewhere a line
@@ -178,6 +180,48 @@ def throughput(systems, theirs, batch, cfg, steps=64):
     return out
 
 
+def transformer_breakdown(systems, cfg_scale, known_counts=(0, 64, 128, 192, 252)):
+    """Where the fast systems' transformer time goes (torch.profiler, self CPU time): the linear layers'
+    GEMMs, attention, and the rest (layer norms, GELU, adds, gathers), at batch 1 under guidance, one
+    encoder + decoder pass at each of `known_counts` known tokens. The GEMMs' FLOPs are counted from the
+    rows each linear layer sees, so their GFLOP/s is what the matmul kernels reach at these shapes: the
+    ceiling of the transformer's share of the matmul peak."""
+    out = {}
+    for name, (model, _) in systems.items():
+        if not name.startswith("fast"):
+            continue
+        dtype = model.fake_latent.dtype
+        gemm_flops = [0]
+
+        def count(module, inputs, output):
+            gemm_flops[0] += 2 * inputs[0].numel() // module.in_features * module.in_features * module.out_features
+
+        linears = [m for blocks in (model.encoder_blocks, model.decoder_blocks) for m in blocks.modules()
+                   if isinstance(m, torch.nn.Linear)]
+        emb = torch.cat([model.embed_condition(torch.tensor([0])), model.unconditional_embedding(1)]).to(dtype)
+        calls = [(torch.randn(2, model.seq_len, model.token_dim, generator=torch.Generator().manual_seed(k)).to(dtype),
+                  torch.arange(k).expand(2, -1)) for k in known_counts]
+        with torch.no_grad():
+            for tokens, known in calls:  # warm-up
+                model.condition(tokens, known, emb)
+            hooks = [m.register_forward_hook(count) for m in linears]
+            with torch.profiler.profile(activities=[torch.profiler.ProfilerActivity.CPU]) as prof:
+                for tokens, known in calls:
+                    model.condition(tokens, known, emb)
+            for h in hooks:
+                h.remove()
+        parts = {"gemm": 0.0, "attention": 0.0, "other": 0.0}
+        for event in prof.key_averages():
+            kind = ("attention" if "scaled_dot_product" in event.key else
+                    "gemm" if event.key in ("aten::addmm", "aten::mm", "mkldnn::_linear_pointwise") else "other")
+            parts[kind] += event.self_cpu_time_total / 1e6
+        total = sum(parts.values())
+        out[name] = {"dtype": str(dtype).replace("torch.", ""), "known_counts": list(known_counts),
+                     "profiled_s": total, **{f"{k}_share": v / total for k, v in parts.items()},
+                     "gemm_GFLOPs": gemm_flops[0] / parts["gemm"] / 1e9}
+    return out
+
+
 def official_dtypes(theirs):
     """The official code's settings benched here: fp32, and bf16 autocast on a CPU with bf16 instructions."""
     return [] if theirs is None else ["fp32"] + (["bf16-autocast"] if cpu_has_bf16() else [])
@@ -265,6 +309,18 @@ def report(path, result):
             total = r["transformer_s"] + r["head_chain_s"]
             ratio = f"{total / (base['transformer_s'] + base['head_chain_s']):.3f}" if base else "-"
             lines.append(f"| {system} | {r['transformer_s']:.2f} | {r['head_chain_s']:.2f} | {ratio} |")
+    if result.get("transformer_breakdown"):
+        lines += ["", "Where the fast engine's transformer time goes (torch.profiler, self CPU time; batch 1 under "
+                  "guidance, one encoder + decoder pass at each of "
+                  f"{next(iter(result['transformer_breakdown'].values()))['known_counts']} known tokens):", "",
+                  "| system | profiled s | linear GEMMs | their GFLOP/s (of the dtype's peak) | attention | rest |",
+                  "|---|---|---|---|---|---|"]
+        for system, b in result["transformer_breakdown"].items():
+            peak = p["matmul_bf16_GFLOPs" if b["dtype"] == "bfloat16" else "matmul_fp32_GFLOPs"]
+            lines.append(f"| {system} | {b['profiled_s']:.3f} | {b['gemm_share']:.0%} | {b['gemm_GFLOPs']:.0f} "
+                         f"({b['gemm_GFLOPs'] / peak:.0%}) | {b['attention_share']:.0%} | {b['other_share']:.0%} |")
+        lines += ["", "The transformer's share of the matmul peak can reach at most the GEMMs' own share of it, and "
+                  "less by the time attention and the rest take."]
     lines += ["", result["bf16"], ""]
     path.write_text("\n".join(lines))
 
@@ -329,6 +385,8 @@ def main():
     if args.throughput_batch:
         result["throughput"] = throughput(systems, theirs, args.throughput_batch, args.cfg)
         print("throughput:", result["throughput"], flush=True)
+    result["transformer_breakdown"] = transformer_breakdown(systems, args.cfg)
+    print("transformer breakdown:", result["transformer_breakdown"], flush=True)
     if cpu_has_bf16():
         result["bf16"] = ("bf16: this CPU has bf16 instructions. `fast bf16` is the model cast with "
                           "model.to(torch.bfloat16) (tokens, noise and diffusion arithmetic stay fp32); `official "

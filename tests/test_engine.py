@@ -3,6 +3,7 @@ from pathlib import Path
 
 import pytest
 import torch
+import torch.nn.functional as F
 
 from baselines.lazymar import lazymar
 from gtr.checkpoints import load_mar
@@ -10,7 +11,7 @@ from gtr.config import ConfigError, check_values, compose
 from gtr.engine import FastHeadLoop, cpu_has_bf16, head_loop, prepare
 from gtr.method import PlainHead, mar
 from gtr.models.diffusion import sample_head, sampling_diffusion
-from gtr.models.mar import build_mar
+from gtr.models.mar import Mlp, build_mar
 from gtr.load import decoder
 from gtr.runs import image_settings, precision, settings_hash
 from gtr.sampler import image_generator, sample
@@ -148,10 +149,16 @@ def test_prepare_repacks_only_a_bf16_transformer():
         if dtype == torch.float32 or not cpu_has_bf16():
             assert not repacked and torch.equal(after, before)
         else:
-            assert repacked == {name for name, m in model.named_modules() if isinstance(m, torch.nn.Linear)
-                                and not name.startswith("diffloss") and m.out_features > m.in_features}
-            assert any(name.endswith("attn.qkv") for name in repacked) and any(name.endswith("mlp.fc1") for name in repacked)
+            # qkv repacked; each MLP runs fc1 + GELU as one packed kernel (its fc1 is not packed twice)
+            assert repacked == {name for name, m in model.named_modules() if not name.startswith("diffloss") and (
+                isinstance(m, Mlp) or isinstance(m, torch.nn.Linear) and m.out_features > m.in_features
+                and not name.endswith("mlp.fc1"))}
+            assert any(name.endswith("attn.qkv") for name in repacked) and any(name.endswith(".mlp") for name in repacked)
             assert_close_to_scale(after.float(), before.float(), rtol=3e-2)
+            x = torch.randn(5, 64, generator=torch.Generator().manual_seed(0)).to(dtype)
+            mlp = model.encoder_blocks[0].mlp
+            with torch.no_grad():  # the fused GELU against fc1, GELU, fc2 in bf16: at bf16 rounding
+                assert_close_to_scale(mlp(x).float(), mlp.fc2(F.gelu(mlp.fc1(x))).float(), rtol=2e-2)
         prepare(model, "reference")  # undone: the model is as it was
         assert not any("forward" in m.__dict__ for m in model.modules())
         with torch.no_grad():
@@ -182,6 +189,29 @@ def test_bench_engine_reads_its_targets_from_the_rows():
     assert met["fast bf16: head weight traffic / streaming bandwidth"] == (0.69, False)
     assert met["fast fp32: transformer GFLOP/s / fp32 matmul peak"] == (0.8, True)
     assert bench.targets([r("fast", "fp32", 1.0)])[0][0].startswith("fast fp32: head")  # no official: no ratio
+
+
+def test_bench_transformer_breakdown_counts_the_linear_layers_flops():
+    """The breakdown's GEMM GFLOP/s rests on the FLOPs of the rows each transformer linear layer sees: for
+    one pass with k known tokens under guidance, the encoder sees 2 x (buffer + k) rows, the decoder 2 x
+    (buffer + seq_len)."""
+    import importlib.util
+    spec = importlib.util.spec_from_file_location("bench_engine", Path(__file__).resolve().parents[1] / "scripts" / "bench_engine.py")
+    bench = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(bench)
+    model = random_mar(diffloss_d=2, diffloss_w=48)
+    prepare(model, "fast")
+    got = bench.transformer_breakdown({"fast": (model, "fast"), "reference": (model, "reference")}, 3.0, known_counts=(0, 3))
+    assert set(got) == {"fast"}
+    b = got["fast"]
+    c, buffer = model.config, model.buffer_size
+    per_row = sum(m.in_features * m.out_features for m in model.encoder_blocks.modules() if isinstance(m, torch.nn.Linear))
+    per_row_dec = sum(m.in_features * m.out_features for m in model.decoder_blocks.modules() if isinstance(m, torch.nn.Linear))
+    flops = sum(2 * 2 * ((buffer + k) * per_row + (buffer + model.seq_len) * per_row_dec) for k in (0, 3))
+    gemm_s = b["gemm_share"] * b["profiled_s"]
+    assert b["gemm_GFLOPs"] == pytest.approx(flops / gemm_s / 1e9, rel=1e-6)
+    assert b["gemm_share"] + b["attention_share"] + b["other_share"] == pytest.approx(1.0)
+    assert min(b["gemm_share"], b["attention_share"], b["other_share"]) > 0
 
 
 def test_fast_loop_runs_a_drafts_head_and_fills_the_trace():
