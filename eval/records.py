@@ -6,6 +6,7 @@ function, which validates them against the schema (eval/tables.py) before anythi
 """
 import json
 import os
+import shlex
 import sys
 from pathlib import Path
 
@@ -18,7 +19,8 @@ from gtr.runs import git_commit, num_images, row_key
 
 def command_line():
     """The command that is running, as a user would retype it."""
-    return " ".join(["python", os.path.relpath(sys.argv[0]) if sys.argv and sys.argv[0] else "python"] + sys.argv[1:])
+    args = [os.path.relpath(sys.argv[0]) if sys.argv and sys.argv[0] else "python"] + sys.argv[1:]
+    return " ".join(["python"] + [shlex.quote(a) for a in args])  # quoted as a shell needs (e.g. ${cfg}, [2,1,1])
 
 
 def run_record(cfg, device, batch_size=1, images=None, **measured):

@@ -50,6 +50,16 @@ def test_training_steps_resume_and_export(trained):
     assert json.loads((out / "train_config.json").read_text())["step"] == 3
 
 
+def test_training_refuses_a_device_it_cannot_use(tmp_path):
+    train = load_script("train")
+    with pytest.raises(SystemExit, match="^error: device must be"):
+        train.main(["--out", str(tmp_path), "--device", "gpu0"])
+    if not torch.cuda.is_available():
+        with pytest.raises(SystemExit, match="^error: device=cuda but CUDA is not available"):
+            train.main(["--out", str(tmp_path), "--device", "cuda"])
+    assert not list(tmp_path.iterdir())  # refused before any work
+
+
 def test_resume_refuses_another_model(trained, tmp_path):
     train = load_script("train")
     out, _ = trained
@@ -157,9 +167,12 @@ def test_committed_tiny_world_summaries_follow_from_their_records(folder):
 
 def test_the_tiny_world_takes_another_token_grid(tmp_path):
     """The 16x16 tiny MAR (256 tokens, ImageNet's sequence) runs Table 1's rows as the paper writes them
-    (8 AR steps; GtR's stage budget) through the same demo, report and claims (random weights)."""
-    demo = load_script("demo")
-    demo.main(["experiment=tiny16", "+experiment/table1=s8_step,s8_gtr", "model.random_init=true",
+    (8 AR steps; GtR's stage budget) through the same demo, report and claims (one training step of weights)."""
+    train, demo = load_script("train"), load_script("demo")
+    out = tmp_path / "tiny16_mar"  # one training step on 16 images: loadable weights of the 16x16 model
+    train.main(["--model", "mar_tiny16", "--out", str(out), "--limit-data", "16", "--batch-size", "16", "--steps", "1",
+                "--warmup", "1", "--threads", "1"])
+    demo.main(["experiment=tiny16", "+experiment/table1=s8_step,s8_gtr", f"model.checkpoint={out / 'tiny_mar_ema.pth'}",
                f"records={tmp_path}", *DEMO])
     runs = tmp_path / "tiny16" / "runs"
     records = {p.stem: json.loads(p.read_text()) for p in runs.glob("*.json")}
