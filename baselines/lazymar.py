@@ -313,12 +313,18 @@ class LazyHead:
     ResBlock.forward with cache_type 'default', cache_threshold 7, blocks 1-4.)
     """
     stateless = False
+    kernels = None  # engine=fast sets its head kernels here (gtr.method.Head): the same parts, packed weights
 
     def __init__(self, net, guided, threshold=7, skip_blocks=(1, 2, 3, 4), recompute=0.9, counts=None):
         self.net, self.guided = net, guided
         self.threshold, self.skip_blocks, self.recompute = threshold, tuple(skip_blocks), recompute
         self.counts = counts if counts is not None else {"full": 0, "lazy": 0}
         self._cfg_diff, self._mlp, self._delta = None, {}, {}
+        self._modules = HeadParts(net)
+
+    @property
+    def parts(self):
+        return self._modules if self.kernels is None else self.kernels
 
     def __call__(self, x, t, c, i, n):
         full = i == n - 1 or i % self.threshold == 0
@@ -329,44 +335,69 @@ class LazyHead:
 
     def _full(self, x, t, c):
         """As HeadMLP.forward (same ops, same results), keeping what lazy steps reuse."""
-        net = self.net
-        y = net.time_embed(t) + net.cond_embed(c)
-        h = net.input_proj(x.to(net.input_proj.weight.dtype))  # fp32 tokens into a cast head
-        for j, block in enumerate(net.res_blocks):
-            shift, scale, gate = block.adaLN_modulation(y).chunk(3, dim=-1)
-            m = block.mlp(modulate(block.in_ln(h), shift, scale))
+        part = self.parts
+        y = part.embed(t, c)
+        h = part.input(x)
+        for j in range(len(self.net.res_blocks)):
+            shift, scale, gate = part.modulation(j, y)
+            m = part.mlp(j, h, shift, scale)
             out = h + gate * m
             if j in self.skip_blocks:
                 self._delta[j] = out - h
             else:
                 self._mlp[j] = m
             h = out
-        out = net.final_layer(h, y)
+        out = part.final(h, y)
         if self.guided:
-            n, ch = x.shape[0] // 2, net.in_channels
+            n, ch = x.shape[0] // 2, self.net.in_channels
             self._cfg_diff = out[:n, :ch] - out[n:, :ch]
         return out
 
     def _lazy(self, x, t, c, recompute):
-        net = self.net
+        part = self.parts
         n = x.shape[0] // 2 if self.guided else x.shape[0]
-        y = net.time_embed(t[:n]) + net.cond_embed(c[:n])
-        h = net.input_proj(x[:n].to(net.input_proj.weight.dtype))
-        for j, block in enumerate(net.res_blocks):
+        y = part.embed(t[:n], c[:n])
+        h = part.input(x[:n])
+        for j in range(len(self.net.res_blocks)):
             if j in self.skip_blocks:
                 h = h + self._delta[j][:n]
                 continue
-            shift, scale, gate = block.adaLN_modulation(y).chunk(3, dim=-1)
+            shift, scale, gate = part.modulation(j, y)
             if recompute:
-                self._mlp[j] = block.mlp(modulate(block.in_ln(h), shift, scale))
+                self._mlp[j] = part.mlp(j, h, shift, scale)
             h = h + gate * self._mlp[j][:n]
-        out = net.final_layer(h, y)
+        out = part.final(h, y)
         if not self.guided:
             return out
-        ch = net.in_channels
+        ch = self.net.in_channels
         # sample_head forms eps_u + cfg * (eps_c - eps_u) and takes the variance from the cond rows.
         uncond = torch.cat([out[:, :ch] - self._cfg_diff, out[:, ch:]], dim=1)
         return torch.cat([out, uncond])
+
+
+class HeadParts:
+    """The head network's parts as a head with a cache of its own calls them (gtr.method.HeadKernels), on
+    the network's modules: the official arithmetic. engine=fast's FastHeadLoop has the same methods on
+    its packed weights."""
+
+    def __init__(self, net):
+        self.net = net
+
+    def embed(self, t, c):
+        return self.net.time_embed(t) + self.net.cond_embed(c)
+
+    def input(self, x):
+        return self.net.input_proj(x.to(self.net.input_proj.weight.dtype))  # fp32 tokens into a cast head
+
+    def modulation(self, j, y):
+        return self.net.res_blocks[j].adaLN_modulation(y).chunk(3, dim=-1)
+
+    def mlp(self, j, h, shift, scale):
+        block = self.net.res_blocks[j]
+        return block.mlp(modulate(block.in_ln(h), shift, scale))
+
+    def final(self, h, y):
+        return self.net.final_layer(h, y)
 
 
 def lazymar(num_iter=64, diffusion_steps=100, **switches):

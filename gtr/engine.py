@@ -22,9 +22,10 @@
 repacks a bf16 model's widening transformer layers (see prepare).
 
 The engine is a run setting (`engine=` in configs/sample.yaml), recorded in run records and part of a
-run's identity when it is not the reference. Caches with a stateful head (LazyMAR's) keep the reference
-loop; the fast loop runs any MAR's plain head (the model's, or a speculative method's draft's, each with
-its own packed weights) and fills the trace that speculative verification asks for (sample_head's).
+run's identity when it is not the reference. A head with a cache of its own (LazyMAR's) keeps its own
+diffusion loop but runs its network's parts on this loop's packed kernels (gtr.method.HeadKernels). The
+fast loop runs any MAR's plain head (the model's, or a speculative method's draft's, each with its own
+packed weights) and fills the trace that speculative verification asks for (sample_head's).
 """
 import torch
 import torch.nn.functional as F
@@ -32,7 +33,7 @@ import torch.nn.functional as F
 from gtr.config import ENGINES
 from gtr.method import PlainHead
 from gtr.models.diffusion import float32_unless_autocast, sample_head
-from gtr.models.mar import Mlp
+from gtr.models.mar import Mlp, modulate
 
 
 def head_loop(model, engine="reference"):
@@ -173,6 +174,8 @@ class FastHeadLoop:
         return self.coefficient_tables[key]
 
     def __call__(self, head, cond, process, noise, uncond=None, cfg=1.0, temperature=1.0, trace=None):
+        if getattr(head, "kernels", False) is None and getattr(head, "net", None) is self.net:
+            head.kernels = self  # a head that runs the network's parts itself (gtr.method.HeadKernels)
         owner = getattr(getattr(head, "net", None), "__self__", None)  # the model whose plain head this is
         if not isinstance(head, PlainHead) or not hasattr(owner, "diffloss"):
             return sample_head(head, cond, process, noise, uncond=uncond, cfg=cfg, temperature=temperature,
@@ -236,6 +239,24 @@ class FastHeadLoop:
             parts[1] = parts[1] + 1
             mods.append(parts)
         return mods
+
+    # The head network's parts on this loop's kernels, for a head that runs them itself (gtr.method.HeadKernels).
+    def embed(self, t, c):
+        return self.time_embed(t) + self.cond_embed(c)
+
+    def input(self, x):
+        return self.input_proj(x.to(self.input_proj.weight.dtype))
+
+    def modulation(self, j, y):
+        return self.blocks[j][0](F.silu(y)).chunk(3, dim=-1)
+
+    def mlp(self, j, h, shift, scale):
+        _, norm, fc1_silu, fc2 = self.blocks[j]
+        return fc2(fc1_silu(modulate(norm(h), shift, scale)))
+
+    def final(self, h, y):
+        shift, scale = self.final_adaln(F.silu(y)).chunk(2, dim=-1)
+        return self.final_linear(modulate(self.net.final_layer.norm_final(h), shift, scale))
 
     def head(self, x, t, c):
         """One head call as the reference makes it, (x, t, z) -> (eps, variance values), on this engine's

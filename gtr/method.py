@@ -60,6 +60,19 @@ class Head(Protocol):
     def __call__(self, x, t, c, i, n): ...
 
 
+class HeadKernels(Protocol):
+    """The head network's parts, for a head with a cache of its own (LazyMAR's) that runs them one by one.
+    Such a head has an attribute `kernels` (None: its network's own modules); engine=fast sets it to its
+    FastHeadLoop, which has these methods on packed weights (the same maths, floats at rounding level).
+    j: a residual block's index; y: time + conditioning embedding; h: the hidden rows."""
+
+    def embed(self, t, c): ...                 # time_embed(t) + cond_embed(c)
+    def input(self, x): ...                    # input_proj(x)
+    def modulation(self, j, y): ...            # block j's adaLN (shift, scale, gate)
+    def mlp(self, j, h, shift, scale): ...     # block j's mlp(modulate(in_ln(h), shift, scale))
+    def final(self, h, y): ...                 # the final layer
+
+
 class Cache(Protocol):
     """How the model is run inside one batch (the cache slot). The sampler calls, per batch:
 

@@ -193,18 +193,19 @@ def transformer_breakdown(systems, cfg_scale, known_counts=(0, 64, 128, 192, 252
         dtype = model.fake_latent.dtype
         gemm_flops = [0]
 
-        def count(module, inputs, output):
-            gemm_flops[0] += 2 * inputs[0].numel() // module.in_features * module.in_features * module.out_features
+        def count(block, inputs, output):  # per block, as its linears may run fused (prepare's GELU MLP)
+            rows = inputs[0].numel() // inputs[0].shape[-1]
+            gemm_flops[0] += 2 * rows * sum(m.in_features * m.out_features for m in block.modules()
+                                            if isinstance(m, torch.nn.Linear))
 
-        linears = [m for blocks in (model.encoder_blocks, model.decoder_blocks) for m in blocks.modules()
-                   if isinstance(m, torch.nn.Linear)]
+        blocks = [*model.encoder_blocks, *model.decoder_blocks]
         emb = torch.cat([model.embed_condition(torch.tensor([0])), model.unconditional_embedding(1)]).to(dtype)
         calls = [(torch.randn(2, model.seq_len, model.token_dim, generator=torch.Generator().manual_seed(k)).to(dtype),
                   torch.arange(k).expand(2, -1)) for k in known_counts]
         with torch.no_grad():
             for tokens, known in calls:  # warm-up
                 model.condition(tokens, known, emb)
-            hooks = [m.register_forward_hook(count) for m in linears]
+            hooks = [b.register_forward_hook(count) for b in blocks]
             with torch.profiler.profile(activities=[torch.profiler.ProfilerActivity.CPU]) as prof:
                 for tokens, known in calls:
                     model.condition(tokens, known, emb)
