@@ -35,7 +35,7 @@ train-tiny: $(STAMP) data  ## train (or continue training) the tiny Fashion-MNIS
 	$(PY) scripts/train.py --out results/tiny_mar --steps 2000
 
 train-tiny16: $(STAMP) data  ## train the 16x16 tiny MAR (experiment=tiny16): ~5 h on 2 cores; resumable, MINUTES=60 per chunk
-	$(PY) scripts/train.py --model mar_tiny16 --out results/tiny16_mar --steps 2000 $(if $(MINUTES),--minutes $(MINUTES))
+	$(PY) scripts/train.py --model mar_tiny16 --out results/tiny16_mar --steps 2000 $(if $(MINUTES),--minutes $(MINUTES)) $(ARGS)
 
 demo: $(STAMP) data  ## the tiny world end to end on CPU: every row sampled, scored, counted, timed -> outputs/demo/
 	$(PY) scripts/demo.py $(ARGS)
