@@ -146,7 +146,7 @@ def test_a_measurement_cannot_overwrite_what_the_run_was():
         run_record(cfg, "cpu", flops_T=1.0, precision=0.9)
 
 
-@pytest.mark.parametrize("folder", ["demo", "tiny_engine", "tiny_cspd"])
+@pytest.mark.parametrize("folder", ["demo", "tiny_engine", "tiny_cspd", "cfg_scan"])
 def test_committed_tiny_world_summaries_follow_from_their_records(folder):
     """Each committed summary.csv is what eval.tiny_world.summary makes of the committed records."""
     import pandas as pd
