@@ -313,7 +313,7 @@ class LazyHead:
     ResBlock.forward with cache_type 'default', cache_threshold 7, blocks 1-4.)
     """
     stateless = False
-    kernels = None  # engine=fast sets its head kernels here (gtr.method.Head): the same parts, packed weights
+    kernels = None  # engine=fast sets its head kernels here (gtr.method.HeadKernels): the same parts, packed weights
 
     def __init__(self, net, guided, threshold=7, skip_blocks=(1, 2, 3, 4), recompute=0.9, counts=None):
         self.net, self.guided = net, guided

@@ -27,8 +27,9 @@ PAPER_TABLES = {1: "Table 1 — methods at the full budget and two reduced budge
 
 
 def score(images, labels, reference, features_path):
-    """FID, KID, IS, accuracy and precision, each with its 95% interval (fid_lo, fid_hi, ...), and recall,
-    of uint8 images (N, H, W, 1) sampled for `labels` (N,) against `reference` (eval.intervals.Reference).
+    """FID, KID, IS, accuracy and k-NN precision, each with its 95% interval (fid_lo, fid_hi, ...), and
+    k-NN recall, of uint8 images (N, H, W, 1) sampled for `labels` (N,) against `reference`
+    (eval.intervals.Reference), under their run-record names (record_field: knn_precision, knn_recall).
     Their classifier features, logits and labels are saved to `features_path` (.npz) for paired claims."""
     nchw = torch.from_numpy(np.ascontiguousarray(images.transpose(0, 3, 1, 2)))
     feats, logits = image_features(nchw)

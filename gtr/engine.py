@@ -22,8 +22,9 @@
 repacks a bf16 model's widening transformer layers (see prepare).
 
 The engine is a run setting (`engine=` in configs/sample.yaml), recorded in run records and part of a
-run's identity when it is not the reference. A head with a cache of its own (LazyMAR's) keeps its own
-diffusion loop but runs its network's parts on this loop's packed kernels (gtr.method.HeadKernels). The
+run's identity when it is not the reference. A head with a cache of its own (LazyMAR's) on this loop's
+model keeps its own diffusion loop but runs its network's parts on this loop's packed kernels
+(gtr.method.HeadKernels); on another model's network it stays on that network's modules. The
 fast loop runs any MAR's plain head (the model's, or a speculative method's draft's, each with its own
 packed weights) and fills the trace that speculative verification asks for (sample_head's).
 """
@@ -74,7 +75,8 @@ def prepare(model, engine="reference"):
     fused = set()
     for module in model.modules():  # the MLPs' fc1 with its GELU fused into the packed kernel: one pass less
         if (isinstance(module, Mlp) and module not in head and module.fc1.weight.dtype == torch.bfloat16
-                and isinstance(module.act, torch.nn.GELU) and module.act.approximate == "none"):
+                and isinstance(module.act, torch.nn.GELU) and module.act.approximate == "none"
+                and (module.drop.p == 0 or not module.training)):  # the fused MLP has no dropout
             mlp = _GeluMlp(module)
             if mlp.fc1_gelu.packed is not None:
                 module.forward = mlp
@@ -97,6 +99,8 @@ class _Linear:
     ACTIVATIONS = {None: ("none", None, lambda y: y), "silu": ("swish", "", F.silu), "gelu": ("gelu", "none", F.gelu)}
 
     def __init__(self, weight, bias, act=None):
+        if act not in self.ACTIVATIONS:
+            raise ValueError(f"unknown activation {act!r}; choose one of {list(self.ACTIVATIONS)}")
         self.weight, self.bias, self.act = weight.detach(), bias.detach(), act
         self.packed = None
         if weight.device.type == "cpu" and torch.backends.mkldnn.is_available() and (

@@ -52,11 +52,15 @@ def test_training_steps_resume_and_export(trained):
 
 def test_training_refuses_a_device_it_cannot_use(tmp_path):
     train = load_script("train")
-    with pytest.raises(SystemExit, match="^error: device must be"):
-        train.main(["--out", str(tmp_path), "--device", "gpu0"])
+    for bad in ("gpu0", "meta"):
+        with pytest.raises(SystemExit, match="^error: device must be"):
+            train.main(["--out", str(tmp_path), "--device", bad])
     if not torch.cuda.is_available():
         with pytest.raises(SystemExit, match="^error: device=cuda but CUDA is not available"):
             train.main(["--out", str(tmp_path), "--device", "cuda"])
+    else:
+        with pytest.raises(SystemExit, match="CUDA device"):
+            train.main(["--out", str(tmp_path), "--device", f"cuda:{torch.cuda.device_count()}"])
     assert not list(tmp_path.iterdir())  # refused before any work
 
 
