@@ -96,7 +96,8 @@ class _Linear:
     bf16 on a CPU with bf16 instructions (avx512_bf16 / AMX; elsewhere oneDNN's bf16 path is an emulation).
     act: None, "silu" or "gelu" (exact, erf), applied by the packed kernel to its fp32 accumulator."""
 
-    ACTIVATIONS = {None: ("none", None, lambda y: y), "silu": ("swish", "", F.silu), "gelu": ("gelu", "none", F.gelu)}
+    # act: (oneDNN's post-op, its algorithm, the same in torch for the unpacked path)
+    ACTIVATIONS = {None: ("none", "", lambda y: y), "silu": ("swish", "", F.silu), "gelu": ("gelu", "none", F.gelu)}
 
     def __init__(self, weight, bias, act=None):
         if act not in self.ACTIVATIONS:
@@ -113,7 +114,7 @@ class _Linear:
     def __call__(self, x):
         attr, algorithm, act = self.ACTIVATIONS[self.act]
         if self.packed is not None and x.dtype == self.weight.dtype and not torch.is_autocast_enabled("cpu"):
-            return torch.ops.mkldnn._linear_pointwise(x, self.packed, self.bias, attr, [], algorithm or "")
+            return torch.ops.mkldnn._linear_pointwise(x, self.packed, self.bias, attr, [], algorithm)
         return act(F.linear(x, self.weight.to(x.dtype), self.bias.to(x.dtype)))
 
     @classmethod

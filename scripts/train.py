@@ -95,7 +95,8 @@ def main(argv=None):
     ema = build_mar(args.model)
     ema.load_state_dict(model.state_dict())
     ema.requires_grad_(False)
-    model.to(device), ema.to(device)
+    model.to(device)
+    ema.to(device)
     decay, no_decay = [], []
     for name, p in model.named_parameters():
         (no_decay if p.ndim < 2 or "pos_embed" in name or "token" in name or "latent" in name else decay).append(p)
