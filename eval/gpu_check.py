@@ -4,7 +4,9 @@
     results = [run_step(s, out, deadline) for s in plan]
     (out / "summary.md").write_text(summarize(out, results, minutes))
 
-Steps (issue 12): the test suite's CUDA tests; scripts/sample.py on cuda through torchrun with random
+Steps (issue 12): the test suite's CUDA tests; the engine on CUDA against the official code (issue 14:
+scripts/bench_engine.py --device cuda -> engine/bench_cuda.md; the official code where GTR_OFFICIAL_MAR
+names a checkout); scripts/sample.py on cuda through torchrun with random
 MAR-B weights under the official fp16 autocast, killed once and resumed, against an uninterrupted run
 (same images?); FID of those images through eval/fid.py on cuda; Table 1 latency (MAR-B, MAR-H, batch 1)
 and throughput at the official evaluation batch (256 / 128, fp16), with peak memory; the tables.
@@ -45,13 +47,18 @@ def _sample_argv(python, out_root, overrides):
 
 
 def gpu_plan(out, python="python"):
-    """The steps on the GPU, in order; their caps add up to under 8 minutes (issue 12)."""
+    """The steps on the GPU, in order (issue 12; the engine's, issue 14, second); their caps add up to under
+    9 minutes."""
     out = Path(out)
     sample = ["model=mar_b", "method=gtr", "n=32", "shard_size=8", "batch_size=8", "dtype=fp16", "device=cuda"]
     latency = [python, "scripts/latency.py", "experiment=table1", "device=cuda", f"records={out}",
                "latency.warmup=1", "latency.batches=1"]
+    official = os.environ.get("GTR_OFFICIAL_MAR")  # a LTH14/mar checkout carried to the GPU (make gpu-wheels)
     steps = [Step("pytest_cuda", [python, "-m", "pytest", "-q", "-m", "cuda", "tests",
                                   f"--junitxml={out / 'pytest_cuda.xml'}"], 60),
+             Step("engine_cuda", [python, "scripts/bench_engine.py", "--device", "cuda", "--steps", "16", "64",
+                                  "--batches", "256", "--out", str(out / "engine"),
+                                  *(["--official", official] if official else [])], 80),
              Step("sample_killed", _sample_argv(python, out / "sample_killed", sample), 60, "kill_resume"),
              Step("sample_straight", _sample_argv(python, out / "sample_straight", sample), 45),
              Step("fid", lambda: [python, "-m", "eval.fid", *_samples(out), "--no-isc"], 35),
@@ -249,6 +256,10 @@ def summarize(out, results, minutes, kind="gpu"):
     same = same_images(out)
     if same is not None:
         lines += ["", f"Killed and resumed vs uninterrupted: {'the same images' if same else 'IMAGES DIFFER'}"]
+    engine = Path(out) / "engine" / "bench_cuda.md"
+    if engine.is_file():  # the engine's table, as scripts/bench_engine.py wrote it (without its title)
+        lines += ["", "## The engine on CUDA (engine/bench_cuda.md)", "",
+                  *engine.read_text().splitlines()[2:]]
     rows = latency_rows(out, kind)
     if rows:
         lines += ["", "| row | s/image (batch 1) | speed-up | paper s/image | paper speed-up | peak GB | "

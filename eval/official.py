@@ -9,11 +9,13 @@ import sys
 import torch
 
 
-def import_official(path, module="models.mar", repo="LTH14/mar"):
-    """The official `module` imported from the checkout at `path` (its CUDA calls made no-ops)."""
+def import_official(path, module="models.mar", repo="LTH14/mar", cuda=False):
+    """The official `module` imported from the checkout at `path`; its CUDA calls made no-ops unless `cuda`
+    (to run it on a GPU, as released)."""
     if not os.path.isfile(os.path.join(path, *module.split(".")) + ".py"):
         sys.exit(f"{path} is not a {repo} checkout ({module.replace('.', '/')}.py missing)")
-    torch.Tensor.cuda = lambda self, *a, **k: self  # the official code calls .cuda() everywhere
+    if not cuda:
+        torch.Tensor.cuda = lambda self, *a, **k: self  # the official code calls .cuda() everywhere
     sys.path.insert(0, path)
     try:
         return importlib.import_module(module)

@@ -20,7 +20,7 @@ from omegaconf import DictConfig, ListConfig, OmegaConf
 CONFIG_DIR = Path(__file__).resolve().parents[1] / "configs"
 GROUPS = ("model", "method", "eval", "experiment")   # the choices a user names on the command line
 DTYPES = ("fp32", "bf16", "fp16")
-ENGINES = ("reference", "fast")  # gtr/engine.py
+ENGINES = ("reference", "fast", "graphs")  # gtr/engine.py
 PRECISIONS = ("autocast", "cast")
 log = logging.getLogger("gtr")
 
@@ -156,6 +156,11 @@ def check_values(cfg):
     device = str(cfg.device)
     need(device in ("auto", "cpu", "cuda") or (device.startswith("cuda:") and device[5:].isdigit()),
          f"device must be auto, cpu, cuda or cuda:N, got {cfg.device!r}")
+    if cfg.get("engine") == "graphs":
+        import torch  # only here: composing configs needs no torch
+        need(device != "cpu" and torch.cuda.is_available(),
+             "engine=graphs replays CUDA graphs and needs a CUDA GPU (device=cuda); on the CPU use engine=fast, "
+             "the same arithmetic")
     need(cfg.threads is None or _is_int(cfg.threads, 1), f"threads must be null or a positive integer, got {cfg.threads!r}")
     need(isinstance(cfg.tf32, bool), f"tf32 must be true or false, got {cfg.tf32!r}")
     for knob in ("rank", "world_size"):

@@ -18,8 +18,13 @@
                 Outputs equal the reference to float rounding (tests/test_engine.py; verify_official.py
                 checks one head call and a whole chain against the official code at 1e-5 relative).
 
-`prepare(model, engine)` readies a model for its engine and returns the head loop; with fast it also
-repacks a bf16 model's widening transformer layers (see prepare).
+    graphs      GraphedHeadLoop: fast, with each chain replayed from a CUDA graph (CUDA only). At batch 1 a
+                GPU spends a chain launching kernels (MAR-H: ~100 per diffusion step, 100 steps), and a graph
+                launches them as one. It is built to give fast's images bitwise; tests/test_cuda.py checks
+                that on a GPU (make gpu-check), which has not yet run.
+
+`prepare(model, engine)` readies a model for its engine and returns the head loop; with fast (and
+graphs) it also repacks a bf16 model's widening transformer layers (see prepare).
 
 The engine is a run setting (`engine=` in configs/sample.yaml), recorded in run records and part of a
 run's identity when it is not the reference. A head with a cache of its own (LazyMAR's) on this loop's
@@ -28,6 +33,8 @@ model keeps its own diffusion loop but runs its network's parts on this loop's p
 fast loop runs any MAR's plain head (the model's, or a speculative method's draft's, each with its own
 packed weights) and fills the trace that speculative verification asks for (sample_head's).
 """
+from contextlib import nullcontext
+
 import torch
 import torch.nn.functional as F
 
@@ -43,6 +50,8 @@ def head_loop(model, engine="reference"):
         return sample_head
     if engine == "fast":
         return FastHeadLoop(model)
+    if engine == "graphs":
+        return GraphedHeadLoop(model)
     raise ValueError(f"unknown engine {engine!r}; choose one of {', '.join(ENGINES)}")
 
 
@@ -57,7 +66,7 @@ def cpu_has_bf16():
 def prepare(model, engine="reference"):
     """Ready `model` for sampling on `engine` and return its head loop (see head_loop).
 
-    With fast, a bf16 model on a CPU with bf16 instructions also has the transformer's widening linear
+    With fast (and graphs), a bf16 model on a CPU with bf16 instructions also has the transformer's widening linear
     layers (more outputs than inputs: attention qkv, MLP fc1) repacked in place into oneDNN's layout: for
     them the packed kernel was faster at every row count measured (+25-60%), where for the narrowing ones
     (proj, fc2) it was slower at 448-640 rows, and in fp32 it gained nothing (results/engine/). Its
@@ -70,7 +79,7 @@ def prepare(model, engine="reference"):
     for module in model.modules():  # undo an earlier prepare (another engine's)
         if isinstance(module.__dict__.get("forward"), (_Linear, _GeluMlp)):
             del module.forward
-    if engine != "fast":
+    if engine == "reference":
         return loop
     fused = set()
     for module in model.modules():  # the MLPs' fc1 with its GELU fused into the packed kernel: one pass less
@@ -161,11 +170,13 @@ class FastHeadLoop:
         self.others = {}  # id(model) -> (model, its FastHeadLoop), for other models' plain heads
 
     def time_table(self, process, like):
-        """time_embed of every timestep of `process` (S, W), computed once per process and dtype."""
+        """time_embed of every timestep of `process` in the chain's order, last timestep first (S, W);
+        computed once per process and dtype (and sliced, not indexed, by the chain: no host-to-device
+        copy of indices, which a CUDA graph could not capture)."""
         key = (tuple(process.timesteps), like.dtype, like.device)
         if key not in self.time_tables:
             t = torch.as_tensor(process.timesteps, device=like.device)
-            self.time_tables[key] = self.time_embed(t).to(like.dtype)
+            self.time_tables[key] = self.time_embed(t).to(like.dtype).flip(0)
         return self.time_tables[key]
 
     def coefficients(self, process):
@@ -208,7 +219,7 @@ class FastHeadLoop:
             # adaLN reads only y = silu(time + z embedding), known for every step before the chain runs:
             # one GEMM per block for `chunk` steps instead of one weight read per step.
             idx = order[start:start + chunk]
-            mods = self.modulations(times[idx][:, None] + c_emb[None])
+            mods = self.modulations(times[start:start + len(idx)][:, None] + c_emb[None])
             for j, i in enumerate(idx):
                 out = float32_unless_autocast(self.net_out(x, [[part[j] for part in m] for m in mods], guided))
                 if guided:
@@ -282,3 +293,68 @@ class FastHeadLoop:
         final = self.net.final_layer.norm_final
         return self.final_linear(torch.addcmul(shift, F.layer_norm(h, final.normalized_shape, None, None, final.eps),
                                                scale_1))
+
+
+class GraphedHeadLoop(FastHeadLoop):
+    """FastHeadLoop with each chain captured once as a CUDA graph and replayed (engine=graphs; CUDA only).
+
+    A graph is captured for each new shape and setting of a chain (rows, diffusion process, guidance
+    scale, temperature, dtypes, autocast) and replayed for every later chain that has them. Under MAR's
+    linear cfg schedule that is about one graph per AR step, shared by every batch of a run (the last,
+    shorter batch of a run adds its own). A replay copies the chain's inputs into the graph's buffers
+    and its output out of them, so nothing of one chain is baked into the next and the images should
+    equal engine=fast's bitwise (tests/test_cuda.py checks it on a GPU; make gpu-check). The graphs
+    share one memory pool, which is safe because a replay's output is copied out before the next
+    replay. Chains the graphs do not cover run as FastHeadLoop runs them: on the CPU, with a trace
+    (speculative verification), and for heads other than this model's plain one (a head cache, a draft
+    model).
+    """
+
+    def __init__(self, model):
+        super().__init__(model)
+        self.graphs = {}  # chain key -> (CUDAGraph, its input buffers, its output buffer)
+        self.pool = None
+
+    def __call__(self, head, cond, process, noise, uncond=None, cfg=1.0, temperature=1.0, trace=None):
+        owner = getattr(getattr(head, "net", None), "__self__", None)
+        if not (noise.is_cuda and trace is None and isinstance(head, PlainHead) and owner is self.model
+                and noise.shape[0] > 0):
+            return super().__call__(head, cond, process, noise, uncond, cfg, temperature, trace)
+        autocast = torch.get_autocast_dtype("cuda") if torch.is_autocast_enabled("cuda") else None
+        # A Python scale is part of the key (the kernels take it as an argument); a tensor one is an input.
+        key = (tuple(cond.shape), cond.dtype, uncond is not None, tuple(noise.shape), noise.dtype, noise.device,
+               tuple(process.timesteps), ("tensor", tuple(cfg.shape), cfg.dtype) if torch.is_tensor(cfg) else float(cfg),
+               float(temperature), autocast)
+        if key not in self.graphs:
+            self.graphs[key] = self.capture(head, cond, process, noise, uncond, cfg, temperature, autocast)
+        graph, inputs, out = self.graphs[key]
+        for buffer, value in zip(inputs, (cond, uncond, noise, cfg)):
+            if torch.is_tensor(buffer):
+                buffer.copy_(value)
+        graph.replay()
+        return out.clone()
+
+    @torch.no_grad()  # (a replay records no autograd graph either)
+    def capture(self, head, cond, process, noise, uncond, cfg, temperature, autocast):
+        """One chain of these inputs' shapes and settings as a CUDA graph: (graph, input buffers, output)."""
+        inputs = [t.clone() if torch.is_tensor(t) else t for t in (cond, uncond, noise, cfg)]
+
+        def chain():
+            return FastHeadLoop.__call__(self, head, inputs[0], process, inputs[2], inputs[1], inputs[3], temperature)
+
+        # Warm up on a side stream first, as torch.cuda.graph asks: it fills the loop's tables outside the
+        # graph's memory and lets lazily initialised libraries (cuBLAS) set up before the capture.
+        side = torch.cuda.Stream(noise.device)
+        side.wait_stream(torch.cuda.current_stream(noise.device))
+        with torch.cuda.stream(side):
+            chain()
+        torch.cuda.current_stream(noise.device).wait_stream(side)
+        if self.pool is None:
+            self.pool = torch.cuda.graph_pool_handle()
+        graph = torch.cuda.CUDAGraph()
+        # Autocast's cache of cast weights would be freed when its context ends while the graph still reads
+        # it: the capture casts without the cache (the same values), as torch's make_graphed_callables asks.
+        with (torch.autocast("cuda", dtype=autocast, cache_enabled=False) if autocast else nullcontext()), \
+                torch.cuda.graph(graph, pool=self.pool):
+            out = chain()
+        return graph, inputs, out

@@ -2,6 +2,7 @@
 
     python scripts/bench_engine.py --official PATH/TO/LTH14-mar            # make bench-engine OFFICIAL=PATH
     python scripts/bench_engine.py --steps 16 --throughput-batch 0         # ours only, a quick look
+    python scripts/bench_engine.py --device cuda --official PATH            # on a GPU: batch 1 and 256
 
 One random MAR (MAR-B by default; every parameter random, so no layer is zero) is run by the official
 `sample_tokens` (fp32, as released) and by gtr's sampler with engine=reference and engine=fast, one after
@@ -14,6 +15,10 @@ and matmul peaks measured in the same run, and the issue's targets. --throughput
 step's components at batch B (the transformer once, one 100-step head chain), for throughput. Last, a
 torch.profiler breakdown of the fast systems' transformer (linear GEMMs, attention, the rest) with the
 GFLOP/s the GEMMs reach at their own shapes.
+
+--device cuda: the GPU benchmark instead (cuda_bench): the official code and ours on engine=reference, fast
+and graphs (CUDA graphs), fp32 and under the official fp16 autocast, at batch 1 and at --batches (256),
+with peak memory and whether graphs gives fast's tokens -> <out>/bench_cuda.md.
 
 bf16: on a CPU with bf16 instructions (avx512_bf16 / AMX) two more systems run: ours with the model cast
 (`model.to(torch.bfloat16)`, engine=fast) and the official code under CPU bf16 autocast; elsewhere a line
@@ -35,7 +40,7 @@ from eval.cost import count_flops
 from eval.official import import_official, perturb
 from gtr.engine import FastHeadLoop, cpu_has_bf16, head_loop, prepare
 from gtr.method import PlainHead, mar
-from gtr.models.diffusion import sample_head, sampling_diffusion
+from gtr.models.diffusion import sampling_diffusion
 from gtr.models.mar import build_mar
 from gtr.runs import device_name, git_commit
 from gtr.sampler import image_generator, sample
@@ -225,6 +230,91 @@ def transformer_breakdown(systems, known_counts=(0, 64, 128, 192, 252)):
     return out
 
 
+def cuda_bench(model, theirs, steps_list, batches, cfg, on_row=None):
+    """The engines on a CUDA GPU against the official code, in one process, on the same random weights:
+    seconds per image (synchronised around each whole sample, after a warm-up) and peak memory of the
+    official sample_tokens and of ours on engine=reference, fast and graphs, fp32 and under the official
+    fp16 autocast (LTH14/mar engine_mar.py), at batch 1 for each of `steps_list` AR steps and, under fp16
+    autocast, at each of `batches` images with the first of `steps_list`. graphs runs twice: capturing
+    its graphs, then replaying them (a long run's steady state); its tokens are compared with fast's."""
+    device = model.fake_latent.device
+    loops = {engine: prepare(model, engine) for engine in ("reference", "fast", "graphs")}
+
+    cuda = device.type == "cuda"  # (on the CPU it runs too, for the tests: graphs is then fast, no memory figures)
+
+    def timed(fn, dtype):
+        if cuda:
+            torch.cuda.synchronize(device)
+            torch.cuda.reset_peak_memory_stats(device)
+        start = time.perf_counter()
+        with torch.no_grad(), torch.autocast(device.type, dtype=torch.float16, enabled=dtype != "fp32"):
+            out = fn()
+        if cuda:
+            torch.cuda.synchronize(device)
+        return time.perf_counter() - start, torch.cuda.max_memory_allocated(device) / 1e9 if cuda else None, out
+
+    def systems(batch, steps):
+        labels = torch.arange(batch, device=device) % 1000
+        ours = lambda engine: lambda: sample(model, mar(steps, 100), labels, [image_generator(0, i) for i in range(batch)],
+                                             cfg=cfg, head_loop=loops[engine])
+        out = [] if theirs is None else [("official", lambda: official_tokens(theirs, batch, steps, cfg, labels))]
+        return out + [("reference", ours("reference")), ("fast", ours("fast")),
+                      ("graphs capturing", ours("graphs")), ("graphs", ours("graphs"))]
+
+    for dtype in ("fp32", "fp16-autocast"):  # warm-up: kernels, cuBLAS, the allocator
+        for name, fn in systems(1, 2):
+            timed(fn, dtype)
+    dtypes = ("fp32", "fp16-autocast")
+    settings = [(1, steps_list[0], dtype) for dtype in dtypes] + [(batch, steps_list[0], "fp16-autocast") for batch in batches]
+    settings += [(1, steps, dtype) for steps in steps_list[1:] for dtype in dtypes]
+    rows = []
+    for batch, steps, dtype in settings:
+        tokens = {}
+        for name, fn in systems(batch, steps):
+            seconds, peak, tokens[name] = timed(fn, dtype)
+            same = None
+            if name.startswith("graphs"):  # NaN where fast has NaN counts as the same (random weights in fp16)
+                a, b = tokens[name].float(), tokens["fast"].float()
+                same = bool(((a == b) | (a.isnan() & b.isnan())).all())
+            rows.append({"system": name, "dtype": dtype, "ar_steps": steps, "batch": batch, "seconds": seconds,
+                         "seconds_per_image": seconds / batch, "peak_memory_GB": peak, "same_tokens_as_fast": same,
+                         "finite_fraction": float(torch.isfinite(tokens[name].float()).float().mean())})
+            print(f"{steps:3d} AR steps  batch {batch:<4} {name:<17} {dtype:<13} {seconds:8.3f} s  peak {peak} GB"
+                  + ("" if same is None else f"  same tokens as fast: {same}"), flush=True)
+            if on_row is not None:
+                on_row(rows)
+    return rows
+
+
+def official_tokens(theirs, batch, steps, cfg, labels):
+    torch.manual_seed(0)
+    return theirs.sample_tokens(batch, num_iter=steps, cfg=cfg, cfg_schedule="linear", labels=labels, temperature=1.0)
+
+
+def _gb(value):
+    return "-" if value is None else f"{value:.2f}"
+
+
+def cuda_report(path, result):
+    lines = [f"# Engine benchmark on CUDA: {result['model']}", "", f"Command: `{result['command']}`  ",
+             f"Machine: {result['device']}; torch {result['torch']}; git {result['git_commit']}; {result['date']}", "",
+             "Random weights (every parameter perturbed), cfg {} linear, 100 diffusion steps; seconds per image of "
+             "one whole sample, synchronised, after a warm-up. `graphs capturing` is engine=graphs' first run at "
+             "these shapes (it captures its graphs), `graphs` the replay.".format(result["cfg"]), "",
+             "| AR steps | batch | system | dtype | s/image | vs official, same dtype | peak GB | same tokens as fast |",
+             "|---|---|---|---|---|---|---|---|"]
+    official = {(r["ar_steps"], r["batch"], r["dtype"]): r["seconds_per_image"] for r in result["rows"]
+                if r["system"] == "official"}
+    for r in result["rows"]:
+        ref = official.get((r["ar_steps"], r["batch"], r["dtype"]))
+        ratio = f"{r['seconds_per_image'] / ref:.3f}" if ref else "-"
+        same = "" if r["same_tokens_as_fast"] is None else ("yes" if r["same_tokens_as_fast"] else "NO")
+        lines.append(f"| {r['ar_steps']} | {r['batch']} | {r['system']} | {r['dtype']} | {r['seconds_per_image']:.4f} "
+                     f"| {ratio} | {_gb(r['peak_memory_GB'])} | {same} |")
+    lines += ["", result["official_note"], ""]
+    path.write_text("\n".join(lines))
+
+
 def official_dtypes(theirs):
     """The official code's settings benched here: fp32, and bf16 autocast on a CPU with bf16 instructions."""
     return [] if theirs is None else ["fp32"] + (["bf16-autocast"] if cpu_has_bf16() else [])
@@ -338,9 +428,16 @@ def main():
     p.add_argument("--cfg", type=float, default=3.0)
     p.add_argument("--out", default="outputs/engine", help="folder for bench.md and bench.json "
                    "(results/engine holds the committed ones)")
+    p.add_argument("--device", default="cpu", choices=["cpu", "cuda"], help="cuda: the GPU benchmark (cuda_bench; "
+                   "bench_cuda.md) instead of the CPU one")
+    p.add_argument("--batches", type=int, nargs="*", default=[256], help="with --device cuda: the large batches "
+                   "(fp16 autocast, the official evaluation's protocol)")
     args = p.parse_args()
-    if any(s < 1 or s > 256 for s in args.steps) or args.throughput_batch < 0 or args.threads < 1:
-        sys.exit("error: --steps must be in 1..256, --throughput-batch >= 0, --threads >= 1")
+    if any(s < 1 or s > 256 for s in args.steps) or args.throughput_batch < 0 or args.threads < 1 or any(
+            b < 1 for b in args.batches):
+        sys.exit("error: --steps must be in 1..256, --throughput-batch >= 0, --threads >= 1, --batches >= 1")
+    if args.device == "cuda":
+        return main_cuda(args)
     official_mar = import_official(os.path.abspath(args.official)) if args.official else None
     torch.set_num_threads(args.threads)
     out = Path(args.out)
@@ -404,6 +501,44 @@ def main():
     for what, value, goal, met in targets(rows):
         print(f"{what}: {value:.3f} (target {goal}: {'met' if met else 'not met'})", flush=True)
     print(f"wrote {out / 'bench.md'}", flush=True)
+
+
+def main_cuda(args):
+    """--device cuda: cuda_bench on MAR with random weights -> <out>/bench_cuda.md and bench_cuda.json."""
+    if not torch.cuda.is_available():
+        sys.exit("error: --device cuda but CUDA is not available here")
+    official_mar, note = None, "Official code: not run (no --official)."
+    if args.official:
+        try:
+            official_mar = import_official(os.path.abspath(args.official), cuda=True)
+            note = f"Official code: LTH14/mar imported from {args.official}, run as released on CUDA."
+        except SystemExit as e:  # e.g. timm missing on a bare GPU image: ours are still measured
+            note = f"Official code: not run ({e})."
+    print(note, flush=True)
+    out = Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
+    model = build_mar(args.model).eval()
+    perturb(model, torch.Generator().manual_seed(0))
+    theirs = None
+    if official_mar is not None:
+        depth, width = HEAD[args.model]
+        theirs = getattr(official_mar, args.model)(buffer_size=64, diffloss_d=depth, diffloss_w=width,
+                                                    num_sampling_steps="100").eval()
+        theirs.load_state_dict(model.state_dict(), strict=True)
+        theirs.cuda()
+    model.cuda()
+    result = {"model": args.model, "cfg": args.cfg, "command": "python " + " ".join(sys.argv),
+              "device": device_name(model.fake_latent.device), "torch": torch.__version__, "git_commit": git_commit(),
+              "date": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()), "official_note": note, "rows": []}
+
+    def write(rows):
+        result["rows"] = rows
+        (out / "bench_cuda.json").write_text(json.dumps(result, indent=1) + "\n")
+        cuda_report(out / "bench_cuda.md", result)
+    rows = cuda_bench(model, theirs, args.steps, args.batches, args.cfg, on_row=write)
+    print(f"wrote {out / 'bench_cuda.md'}", flush=True)
+    if any(r["same_tokens_as_fast"] is False for r in rows):
+        sys.exit("error: engine=graphs gave other tokens than engine=fast (bench_cuda.md)")
 
 
 if __name__ == "__main__":

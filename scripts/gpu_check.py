@@ -1,7 +1,7 @@
-"""make gpu-check: everything that needs a GPU, as one prepared run of at most 8 minutes (eval/gpu_check.py).
+"""make gpu-check: everything that needs a GPU, as one prepared run of at most 9 minutes (eval/gpu_check.py).
 
     python scripts/gpu_check.py                        # -> outputs/gpu_check/ (summary.md, logs, records, table1.md)
-    python scripts/gpu_check.py --out DIR --budget-s 480
+    python scripts/gpu_check.py --out DIR --budget-s 540
     python scripts/gpu_check.py --smoke                # the same orchestration on the CPU with the tiny model
     python scripts/gpu_check.py --pack-inception .whl/inception-fp16.pth   # FID weights small enough to carry
 
@@ -22,7 +22,7 @@ from eval.gpu_check import gpu_plan, pack_inception_fp16, run_step, smoke_plan, 
 def main(argv=None):
     p = argparse.ArgumentParser(prog="python scripts/gpu_check.py", description=__doc__.split("\n")[0])
     p.add_argument("--out", default="outputs/gpu_check", help="folder for every log, record and the summary")
-    p.add_argument("--budget-s", type=float, default=480, help="wall-clock budget of all steps together")
+    p.add_argument("--budget-s", type=float, default=540, help="wall-clock budget of all steps together")
     p.add_argument("--smoke", action="store_true", help="run the plan on the CPU with the tiny model")
     p.add_argument("--pack-inception", metavar="PATH", help="only write the FID Inception weights in fp16 to PATH "
                    "(small enough to carry to a GPU image; make gpu-wheels) and exit")

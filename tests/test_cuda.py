@@ -13,6 +13,9 @@ from baselines.lazymar import lazymar
 from gtr.gtr import gtr
 from gtr.method import mar
 from gtr.checkpoints import load_mar
+from gtr.engine import FastHeadLoop, GraphedHeadLoop, head_loop
+from gtr.method import PlainHead
+from gtr.models.diffusion import sampling_diffusion
 from gtr.models.mar import build_mar
 from gtr.load import to_uint8_nhwc
 from gtr.sampler import image_generator, sample
@@ -69,6 +72,40 @@ def test_lazymar_with_its_switches_off_is_plain_mar_on_cuda(model):
     off = dict(refresh=False, encoder_cache=False, decoder_pruning=False, cfg_cache=False, head_cache=False)
     plain = sample(model, mar(8, 5), labels, gens(2), cfg=2.5)
     assert torch.equal(sample(model, lazymar(8, 5, **off), labels, gens(2), cfg=2.5), plain)
+
+
+def test_a_graphed_chain_reads_new_inputs_at_every_replay(model):
+    """engine=graphs: one graph for chains of one shape and setting, replayed with new inputs (a per-row
+    guidance tensor, temperature), gives what engine=fast computes on them, bit for bit."""
+    graphed, fast = GraphedHeadLoop(model), FastHeadLoop(model)
+    g = torch.Generator(device=CUDA).manual_seed(0)
+    width, channels, process = model.config.width, model.token_dim, sampling_diffusion(10)
+    for _ in range(3):
+        cond, uncond = (torch.randn(6, width, generator=g, device=CUDA) for _ in range(2))
+        noise = torch.randn(6, 11, channels, generator=g, device=CUDA)
+        scale = 1 + torch.rand(6, generator=g, device=CUDA)
+        args = (PlainHead(model), cond, process, noise)
+        with torch.no_grad():
+            assert torch.equal(graphed(*args, uncond=uncond, cfg=scale, temperature=0.9),
+                               fast(*args, uncond=uncond, cfg=scale, temperature=0.9))
+    assert len(graphed.graphs) == 1
+
+
+@pytest.mark.parametrize("autocast", [None, torch.float16], ids=["fp32", "fp16-autocast"])
+def test_cuda_graphs_give_the_fast_engines_images(autocast):
+    """What users see: GtR's tokens on engine=graphs equal engine=fast's bit for bit, fp32 and under the
+    official fp16 autocast, over batches that replay the graphs earlier batches captured (MAR's linear
+    cfg schedule: a new scale, so a new graph, at every AR step). The trained tiny MAR: a random one
+    overflows fp16."""
+    tiny = load_mar(build_mar("mar_tiny"), str(ROOT / "results" / "tiny_mar" / "tiny_mar_ema.pth")).eval().to(CUDA)
+    fast, graphed = head_loop(tiny, "fast"), head_loop(tiny, "graphs")
+    method = gtr(stages=2, steps=[3, 2], t_max=20, t_min=10, t_rec=10, t_detail=20, clip_timesteps=950)
+    with torch.autocast("cuda", dtype=autocast or torch.float16, enabled=autocast is not None):
+        for start in (0, 4, 8):
+            labels = torch.arange(start, start + 4) % 10
+            ours = sample(tiny, method, labels, gens(4, start), cfg=4.0, head_loop=graphed)
+            assert torch.equal(ours, sample(tiny, method, labels, gens(4, start), cfg=4.0, head_loop=fast))
+    assert graphed.graphs and torch.isfinite(ours).all()
 
 
 def test_fid_extractor_on_cuda_matches_cpu():

@@ -1,4 +1,5 @@
 """The fast engine (gtr/engine.py) computes what the reference loop computes, to float rounding."""
+import importlib.util
 from pathlib import Path
 
 import pytest
@@ -47,6 +48,34 @@ def test_fast_chain_equals_reference_chain(guided, cfg, temperature, steps, clip
         reference = sample_head(PlainHead(model), cond, process, noise, **kwargs)
         fast = FastHeadLoop(model)(PlainHead(model), cond, process, noise, **kwargs)
     assert_close_to_scale(fast, reference, rtol=1e-5)
+
+
+def test_a_fast_chain_does_nothing_a_cuda_graph_cannot_capture():
+    """engine=graphs captures engine=fast's chain as a CUDA graph, which cannot hold a host sync (a value
+    read back: item, nonzero) nor a tensor made from Python data on the way (its host-to-device copy).
+    Checked here on the CPU by recording the chain's aten calls, once its tables are built, guided with a
+    scalar and with a per-row scale: the old indexing of the time table by a Python list is one such call."""
+    from torch.utils._python_dispatch import TorchDispatchMode
+
+    class Calls(TorchDispatchMode):
+        def __init__(self):
+            super().__init__()
+            self.names = set()
+
+        def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+            self.names.add(func.__name__.split(".")[0])
+            return func(*args, **(kwargs or {}))
+
+    model = random_mar(diffloss_d=2, diffloss_w=48)
+    loop, g = FastHeadLoop(model), torch.Generator().manual_seed(0)
+    cond, uncond = torch.randn(4, model.config.width, generator=g), torch.randn(4, model.config.width, generator=g)
+    noise = torch.randn(4, 11, model.token_dim, generator=g)
+    for cfg in (2.5, torch.linspace(1.5, 3.0, 4)):
+        loop(PlainHead(model), cond, sampling_diffusion(10), noise, uncond=uncond, cfg=cfg)  # builds the tables
+        with torch.no_grad(), Calls() as calls:
+            loop(PlainHead(model), cond, sampling_diffusion(10), noise, uncond=uncond, cfg=cfg)
+        assert "addmm" in calls.names or "_linear_pointwise" in calls.names  # the recording saw the chain
+        assert not calls.names & {"_local_scalar_dense", "item", "nonzero", "lift_fresh", "index", "tolist"}
 
 
 def test_fast_sampler_equals_reference_sampler():
@@ -100,6 +129,22 @@ def test_engine_is_a_checked_run_setting():
         check_values(bad)
     with pytest.raises(ValueError, match="unknown engine"):
         head_loop(random_mar(), "turbo")
+
+
+def test_engine_graphs_needs_a_gpu_and_runs_as_fast_elsewhere():
+    """engine=graphs replays CUDA graphs: with device=cpu (or no GPU) it is refused in one line before any
+    work; handed CPU tensors, its loop is engine=fast's, bit for bit, and captures nothing. Its graphs
+    themselves are checked on a GPU (tests/test_cuda.py)."""
+    for device in ["cpu"] + ([] if torch.cuda.is_available() else ["cuda", "auto"]):
+        with pytest.raises(ConfigError, match="engine=graphs replays CUDA graphs and needs a CUDA GPU"):
+            check_values(compose(["model=tiny", "method=gtr", "engine=graphs", f"device={device}"])[0])
+    assert image_settings(compose(["model=tiny", "method=gtr", "engine=graphs"])[0])["engine"] == "graphs"
+    model = random_mar(diffloss_d=2, diffloss_w=48)
+    labels, gens = torch.tensor([1, 7, 3]), lambda: [image_generator(5, i) for i in range(3)]
+    graphed = prepare(model, "graphs")
+    fast = sample(model, mar(4, 10), labels, gens(), cfg=2.5, head_loop=head_loop(model, "fast"))
+    assert torch.equal(sample(model, mar(4, 10), labels, gens(), cfg=2.5, head_loop=graphed), fast)
+    assert graphed.graphs == {}
 
 
 @pytest.mark.parametrize("engine", ["reference", "fast"])
@@ -194,6 +239,28 @@ def test_bench_engine_reads_its_targets_from_the_rows():
     assert bench.targets([r("fast", "fp32", 1.0)])[0][0].startswith("fast fp32: head")  # no official: no ratio
 
 
+def test_bench_engine_cuda_mode_runs_every_system_and_keeps_each_row(tmp_path):
+    """bench_engine.py --device cuda's benchmark, here on the CPU (where engine=graphs is fast): each setting
+    in its order (batch 1 at the first steps, the large batches, then the other steps), every system,
+    graphs' tokens compared with fast's, every row handed on as it lands (a cut run keeps it), the report."""
+    spec = importlib.util.spec_from_file_location("bench_engine", Path(__file__).resolve().parents[1] / "scripts" / "bench_engine.py")
+    bench = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(bench)
+    seen = []
+    rows = bench.cuda_bench(random_mar(diffloss_d=2, diffloss_w=48), None, [2, 3], [2], 2.5,
+                            on_row=lambda rows: seen.append(len(rows)))
+    assert [(r["batch"], r["ar_steps"], r["dtype"]) for r in rows[::4]] == [
+        (1, 2, "fp32"), (1, 2, "fp16-autocast"), (2, 2, "fp16-autocast"), (1, 3, "fp32"), (1, 3, "fp16-autocast")]
+    assert [r["system"] for r in rows[:4]] == ["reference", "fast", "graphs capturing", "graphs"]
+    assert all(r["same_tokens_as_fast"] for r in rows if r["system"].startswith("graphs"))
+    assert seen == list(range(1, len(rows) + 1))
+    path = tmp_path / "bench_cuda.md"
+    bench.cuda_report(path, {"model": "mar_test", "cfg": 2.5, "command": "c", "device": "cpu", "torch": "t",
+                             "git_commit": "g", "date": "d", "official_note": "Official code: not run.", "rows": rows})
+    text = path.read_text()
+    assert "| 2 | 2 | graphs | fp16-autocast |" in text and text.count("| yes |") == 10
+
+
 def test_bench_transformer_breakdown_counts_the_linear_layers_flops():
     """The breakdown's GEMM GFLOP/s rests on the FLOPs of the rows each transformer linear layer sees: for
     one pass with k known tokens under guidance, the encoder sees 2 x (buffer + k) rows, the decoder 2 x
@@ -207,7 +274,7 @@ def test_bench_transformer_breakdown_counts_the_linear_layers_flops():
     got = bench.transformer_breakdown({"fast": (model, "fast"), "reference": (model, "reference")}, known_counts=(0, 3))
     assert set(got) == {"fast"}
     b = got["fast"]
-    c, buffer = model.config, model.buffer_size
+    buffer = model.buffer_size
     per_row = sum(m.in_features * m.out_features for m in model.encoder_blocks.modules() if isinstance(m, torch.nn.Linear))
     per_row_dec = sum(m.in_features * m.out_features for m in model.decoder_blocks.modules() if isinstance(m, torch.nn.Linear))
     flops = sum(2 * 2 * ((buffer + k) * per_row + (buffer + model.seq_len) * per_row_dec) for k in (0, 3))

@@ -24,11 +24,16 @@ def test_without_a_gpu_it_says_so_in_one_line(tmp_path):
     assert not (tmp_path / "g").exists()
 
 
-def test_the_gpu_plan_fits_in_eight_minutes_and_covers_issue_12(tmp_path):
+def test_the_gpu_plan_fits_in_nine_minutes_and_covers_issues_12_and_14(tmp_path, monkeypatch):
+    monkeypatch.delenv("GTR_OFFICIAL_MAR", raising=False)
     steps = gpu_plan(tmp_path)
-    assert sum(s.cap_s for s in steps) <= 8 * 60
+    assert sum(s.cap_s for s in steps) <= 9 * 60
     names = [s.name for s in steps]
-    assert names[0] == "pytest_cuda" and names[-1] == "tables"
+    assert names[:2] == ["pytest_cuda", "engine_cuda"] and names[-1] == "tables"
+    engine = steps[1].argv
+    assert engine[1:4] == ["scripts/bench_engine.py", "--device", "cuda"] and "--official" not in engine
+    monkeypatch.setenv("GTR_OFFICIAL_MAR", "/carried/mar")
+    assert gpu_plan(tmp_path)[1].argv[-2:] == ["--official", "/carried/mar"]
     assert {"sample_killed", "sample_straight", "fid", "latency_mar_b", "latency_mar_h",
             "throughput_mar_b", "throughput_mar_h"} <= set(names)
     killed = next(s for s in steps if s.name == "sample_killed")
