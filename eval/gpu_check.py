@@ -58,7 +58,7 @@ def gpu_plan(out, python="python"):
                                   f"--junitxml={out / 'pytest_cuda.xml'}"], 60),
              Step("engine_cuda", [python, "scripts/bench_engine.py", "--device", "cuda", "--steps", "16", "64",
                                   "--batches", "256", "--out", str(out / "engine"),
-                                  *(["--official", official] if official else [])], 80),
+                                  *(["--official", official] if official else [])], 90),
              Step("sample_killed", _sample_argv(python, out / "sample_killed", sample), 60, "kill_resume"),
              Step("sample_straight", _sample_argv(python, out / "sample_straight", sample), 45),
              Step("fid", lambda: [python, "-m", "eval.fid", *_samples(out), "--no-isc"], 35),

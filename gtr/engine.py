@@ -19,8 +19,8 @@
                 checks one head call and a whole chain against the official code at 1e-5 relative).
 
     graphs      GraphedHeadLoop: fast, with each chain replayed from a CUDA graph (CUDA only). At batch 1 a
-                GPU spends a chain launching kernels (MAR-H: ~100 per diffusion step, 100 steps), and a graph
-                launches them as one. It is built to give fast's images bitwise; tests/test_cuda.py checks
+                chain is ~100 diffusion steps of ~100 small kernels each (MAR-H), which a GPU is expected to
+                spend launching; a graph launches them as one. It is built to give fast's images bitwise; tests/test_cuda.py checks
                 that on a GPU (make gpu-check), which has not yet run.
 
 `prepare(model, engine)` readies a model for its engine and returns the head loop; with fast (and
@@ -305,9 +305,11 @@ class GraphedHeadLoop(FastHeadLoop):
     and its output out of them, so nothing of one chain is baked into the next and the images should
     equal engine=fast's bitwise (tests/test_cuda.py checks it on a GPU; make gpu-check). The graphs
     share one memory pool, which is safe because a replay's output is copied out before the next
-    replay. Chains the graphs do not cover run as FastHeadLoop runs them: on the CPU, with a trace
-    (speculative verification), and for heads other than this model's plain one (a head cache, a draft
-    model).
+    replay; they are kept for the loop's life (a run makes about one per AR step and batch size). Chains
+    the graphs do not cover run as FastHeadLoop runs them: on the CPU, with a trace (speculative
+    verification), a tensor temperature, and for heads other than this model's plain one (a head cache,
+    a draft model). As FastHeadLoop, it holds the weights it was built with: build it again after the
+    weights change.
     """
 
     def __init__(self, model):
@@ -318,21 +320,26 @@ class GraphedHeadLoop(FastHeadLoop):
     def __call__(self, head, cond, process, noise, uncond=None, cfg=1.0, temperature=1.0, trace=None):
         owner = getattr(getattr(head, "net", None), "__self__", None)
         if not (noise.is_cuda and trace is None and isinstance(head, PlainHead) and owner is self.model
-                and noise.shape[0] > 0):
+                and noise.shape[0] > 0 and not torch.is_tensor(temperature)
+                and (not torch.is_tensor(cfg) or cfg.device == noise.device)):
             return super().__call__(head, cond, process, noise, uncond, cfg, temperature, trace)
         autocast = torch.get_autocast_dtype("cuda") if torch.is_autocast_enabled("cuda") else None
-        # A Python scale is part of the key (the kernels take it as an argument); a tensor one is an input.
-        key = (tuple(cond.shape), cond.dtype, uncond is not None, tuple(noise.shape), noise.dtype, noise.device,
-               tuple(process.timesteps), ("tensor", tuple(cfg.shape), cfg.dtype) if torch.is_tensor(cfg) else float(cfg),
-               float(temperature), autocast)
-        if key not in self.graphs:
-            self.graphs[key] = self.capture(head, cond, process, noise, uncond, cfg, temperature, autocast)
-        graph, inputs, out = self.graphs[key]
-        for buffer, value in zip(inputs, (cond, uncond, noise, cfg)):
-            if torch.is_tensor(buffer):
-                buffer.copy_(value)
-        graph.replay()
-        return out.clone()
+        # Everything a capture fixes: the shapes, dtypes and device of the inputs, the process, a Python
+        # guidance scale and the temperature (kernels take them as arguments; a tensor scale is an input),
+        # autocast, and the matmul precision flags (they pick the kernels).
+        key = tuple((tuple(t.shape), t.dtype, t.device) if torch.is_tensor(t) else t for t in (cond, uncond, noise)) + (
+            tuple(process.timesteps), ("tensor", tuple(cfg.shape), cfg.dtype) if torch.is_tensor(cfg) else float(cfg),
+            float(temperature), autocast, torch.backends.cuda.matmul.allow_tf32,
+            torch.backends.cuda.matmul.allow_fp16_reduced_precision_reduction, torch.get_float32_matmul_precision())
+        with torch.cuda.device(noise.device):  # torch.cuda.graph captures on the current device's streams
+            if key not in self.graphs:
+                self.graphs[key] = self.capture(head, cond, process, noise, uncond, cfg, temperature, autocast)
+            graph, inputs, out = self.graphs[key]
+            for buffer, value in zip(inputs, (cond, uncond, noise, cfg)):
+                if torch.is_tensor(buffer):
+                    buffer.copy_(value)
+            graph.replay()
+            return out.clone()
 
     @torch.no_grad()  # (a replay records no autograd graph either)
     def capture(self, head, cond, process, noise, uncond, cfg, temperature, autocast):

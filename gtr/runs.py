@@ -73,13 +73,14 @@ def num_images(cfg, texts=None):
 
 
 def git_commit():
-    """The checked-out commit of this project, "+dirty" when tracked files changed; "unknown" outside git.
+    """The checked-out commit of this project, "+dirty" when tracked files outside results/ changed (a run that
+    writes the committed results, records=results, changes them itself as it goes); "unknown" outside git.
     Recorded in every run record (scripts/sample.py, flops.py, latency.py, demo.py)."""
     try:
         head = subprocess.run(["git", "-C", str(ROOT), "rev-parse", "HEAD"], capture_output=True, text=True,
                               timeout=10).stdout.strip()
-        dirty = subprocess.run(["git", "-C", str(ROOT), "status", "--porcelain", "--untracked-files=no"],
-                               capture_output=True, text=True, timeout=10).stdout.strip()
+        dirty = subprocess.run(["git", "-C", str(ROOT), "status", "--porcelain", "--untracked-files=no", "--",
+                                ".", ":(exclude)results"], capture_output=True, text=True, timeout=10).stdout.strip()
         return (head + ("+dirty" if dirty else "")) or "unknown"
     except (OSError, subprocess.SubprocessError):
         return "unknown"

@@ -75,8 +75,9 @@ def test_lazymar_with_its_switches_off_is_plain_mar_on_cuda(model):
 
 
 def test_a_graphed_chain_reads_new_inputs_at_every_replay(model):
-    """engine=graphs: one graph for chains of one shape and setting, replayed with new inputs (a per-row
-    guidance tensor, temperature), gives what engine=fast computes on them, bit for bit."""
+    """engine=graphs: one graph for chains of one shape and setting (temperature 0.9), replayed with new
+    inputs (cond, uncond, noise and a per-row guidance tensor), gives what engine=fast computes on them,
+    bit for bit."""
     graphed, fast = GraphedHeadLoop(model), FastHeadLoop(model)
     g = torch.Generator(device=CUDA).manual_seed(0)
     width, channels, process = model.config.width, model.token_dim, sampling_diffusion(10)

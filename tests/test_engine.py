@@ -54,7 +54,8 @@ def test_a_fast_chain_does_nothing_a_cuda_graph_cannot_capture():
     """engine=graphs captures engine=fast's chain as a CUDA graph, which cannot hold a host sync (a value
     read back: item, nonzero) nor a tensor made from Python data on the way (its host-to-device copy).
     Checked here on the CPU by recording the chain's aten calls, once its tables are built, guided with a
-    scalar and with a per-row scale: the old indexing of the time table by a Python list is one such call."""
+    scalar and with a per-row scale: the old indexing of the time table by a Python list is one such call.
+    (A .to("cuda") of a CPU tensor would not show on the CPU: the CUDA tests capture for real.)"""
     from torch.utils._python_dispatch import TorchDispatchMode
 
     class Calls(TorchDispatchMode):
@@ -75,7 +76,7 @@ def test_a_fast_chain_does_nothing_a_cuda_graph_cannot_capture():
         with torch.no_grad(), Calls() as calls:
             loop(PlainHead(model), cond, sampling_diffusion(10), noise, uncond=uncond, cfg=cfg)
         assert "addmm" in calls.names or "_linear_pointwise" in calls.names  # the recording saw the chain
-        assert not calls.names & {"_local_scalar_dense", "item", "nonzero", "lift_fresh", "index", "tolist"}
+        assert not calls.names & {"_local_scalar_dense", "item", "nonzero", "lift_fresh", "index"}
 
 
 def test_fast_sampler_equals_reference_sampler():
@@ -240,25 +241,28 @@ def test_bench_engine_reads_its_targets_from_the_rows():
 
 
 def test_bench_engine_cuda_mode_runs_every_system_and_keeps_each_row(tmp_path):
-    """bench_engine.py --device cuda's benchmark, here on the CPU (where engine=graphs is fast): each setting
-    in its order (batch 1 at the first steps, the large batches, then the other steps), every system,
-    graphs' tokens compared with fast's, every row handed on as it lands (a cut run keeps it), the report."""
+    """bench_engine.py --device cuda's benchmark, here on the CPU (where engine=graphs is fast): graphs'
+    captures for every setting first, then each setting in its order (batch 1 at the first steps fp32 and
+    fp16, the large batches, then the other steps) with every system, graphs' tokens (replayed and
+    captured) compared with fast's, every row handed on as it lands (a cut run keeps it), the report."""
     spec = importlib.util.spec_from_file_location("bench_engine", Path(__file__).resolve().parents[1] / "scripts" / "bench_engine.py")
     bench = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(bench)
     seen = []
     rows = bench.cuda_bench(random_mar(diffloss_d=2, diffloss_w=48), None, [2, 3], [2], 2.5,
                             on_row=lambda rows: seen.append(len(rows)))
-    assert [(r["batch"], r["ar_steps"], r["dtype"]) for r in rows[::4]] == [
-        (1, 2, "fp32"), (1, 2, "fp16-autocast"), (2, 2, "fp16-autocast"), (1, 3, "fp32"), (1, 3, "fp16-autocast")]
-    assert [r["system"] for r in rows[:4]] == ["reference", "fast", "graphs capturing", "graphs"]
-    assert all(r["same_tokens_as_fast"] for r in rows if r["system"].startswith("graphs"))
+    settings = [(1, 2, "fp32"), (1, 2, "fp16-autocast"), (2, 2, "fp16-autocast"), (1, 3, "fp16-autocast")]
+    assert [(r["system"], r["batch"], r["ar_steps"], r["dtype"]) for r in rows[:4]] == [("graphs capturing", *s) for s in settings]
+    assert [(r["batch"], r["ar_steps"], r["dtype"]) for r in rows[4::3]] == settings
+    assert [r["system"] for r in rows[4:7]] == ["reference", "fast", "graphs"]
+    graphs = [r for r in rows if r["system"] == "graphs"]
+    assert len(graphs) == 4 and all(r["same_tokens_as_fast"] and r["same_capturing_tokens_as_fast"] for r in graphs)
     assert seen == list(range(1, len(rows) + 1))
     path = tmp_path / "bench_cuda.md"
     bench.cuda_report(path, {"model": "mar_test", "cfg": 2.5, "command": "c", "device": "cpu", "torch": "t",
                              "git_commit": "g", "date": "d", "official_note": "Official code: not run.", "rows": rows})
     text = path.read_text()
-    assert "| 2 | 2 | graphs | fp16-autocast |" in text and text.count("| yes |") == 10
+    assert "| 2 | 2 | graphs | fp16-autocast |" in text and text.count("| yes / yes |") == 4
 
 
 def test_bench_transformer_breakdown_counts_the_linear_layers_flops():

@@ -138,3 +138,24 @@ def test_cpu_latency_script_writes_joinable_records_and_resumes(tmp_path, capsys
     latency.main(args)
     assert capsys.readouterr().out.count("measured before") == 2
     assert [p.stat().st_mtime_ns for p in records] == before
+
+
+def test_git_commit_marks_code_changes_not_the_results_a_run_writes(tmp_path, monkeypatch):
+    """Run records name their commit, "+dirty" when code changed; a run with records=results rewrites the
+    committed results as it goes, which must not mark its own later records dirty."""
+    import subprocess
+    import gtr.runs
+    git = lambda *a: subprocess.run(["git", "-C", str(tmp_path), *a], check=True, capture_output=True)
+    git("init", "-q")
+    (tmp_path / "results").mkdir()
+    (tmp_path / "results" / "r.json").write_text("{}")
+    (tmp_path / "code.py").write_text("x = 1\n")
+    git("add", ".")
+    git("-c", "user.name=t", "-c", "user.email=t@t", "commit", "-qm", "c")
+    monkeypatch.setattr(gtr.runs, "ROOT", tmp_path)
+    head = gtr.runs.git_commit()
+    assert len(head) == 40
+    (tmp_path / "results" / "r.json").write_text('{"a": 1}')
+    assert gtr.runs.git_commit() == head
+    (tmp_path / "code.py").write_text("x = 2\n")
+    assert gtr.runs.git_commit() == head + "+dirty"
