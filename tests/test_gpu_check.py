@@ -84,6 +84,12 @@ def test_summary_arithmetic(tmp_path):
     assert "1.2 minutes on the GPU" in text or "1.3 minutes on the GPU" in text
     assert "timed out (cap 75 s)" in text and "7 run, 1 failed, 0 errors, 2 skipped" in text
     assert "| `mar_b/step8/gtr` gtr | 2.000 | 4.00 |" in text
+    assert "engine on CUDA" not in text  # the engine's step wrote nothing
+    (tmp_path / "engine").mkdir()
+    (tmp_path / "engine" / "bench_cuda.md").write_text("# Engine benchmark on CUDA: mar_base\n\n| AR steps | batch |\n| 16 | 1 |\n")
+    text = summarize(tmp_path, results, 1.25)
+    assert "## The engine on CUDA (engine/bench_cuda.md)" in text and "| 16 | 1 |" in text
+    assert "# Engine benchmark" not in text  # its title dropped: one summary, one title
 
 
 def test_packed_fp16_inception_gives_the_fp32_features_within_rounding(tmp_path):
