@@ -14,7 +14,8 @@ and the head's achieved GFLOP/s (FLOPs counted by eval/cost.py), beside this mac
 and matmul peaks measured in the same run, and the issue's targets. --throughput-batch B times one AR
 step's components at batch B (the transformer once, one 100-step head chain), for throughput. Last, a
 torch.profiler breakdown of the fast systems' transformer (linear GEMMs, attention, the rest) with the
-GFLOP/s the GEMMs reach at their own shapes.
+GFLOP/s the GEMMs reach at their own shapes, and of one per-step head call (its linear layers alone vs
+the whole call, as weight traffic).
 
 --device cuda: the GPU benchmark instead (cuda_bench): the official code and ours on engine=reference, fast
 and graphs (CUDA graphs), fp32 and under the official fp16 autocast, at batch 1 and at --batches (256),
@@ -130,14 +131,15 @@ def run_ours(model, engine, steps, batch, cfg):
 
 
 def head_weights(model, dtype):
-    """Bytes of the head's weights in `dtype` ("bf16" or fp32): (all, those the fast engine reads every
-    diffusion step, i.e. all but the adaLN modulations it computes once per chain)."""
+    """Bytes of the head's weights in `dtype` ("bf16" or fp32): (all, which a reference call reads; those a
+    fast engine's per-step call reads: input projection, each block's norm and MLP, the final linear layer,
+    not the adaLN modulations, the time and the z embeddings, which it computes once per chain)."""
     size = 2 if dtype == "bf16" else 4
     net = model.diffloss.net
-    adaln = [p for m in [*(b.adaLN_modulation for b in net.res_blocks), net.final_layer.adaLN_modulation]
-             for p in m.parameters()]
-    total = sum(p.numel() for p in net.parameters()) * size
-    return total, total - sum(p.numel() for p in adaln) * size
+    per_step = [net.input_proj, *(m for b in net.res_blocks for m in (b.in_ln, b.mlp)), net.final_layer.norm_final,
+                net.final_layer.linear]
+    return (sum(p.numel() for p in net.parameters()) * size,
+            sum(p.numel() for m in per_step for p in m.parameters()) * size)
 
 
 def row(system, dtype, steps, batch, total, timer, weights, transformer_flops, head_flops, peaks):
@@ -341,6 +343,47 @@ def cuda_report(path, result):
     path.write_text("\n".join(lines))
 
 
+def head_breakdown(systems, rows=(8, 32), repeats=20):
+    """Where one per-step head call of the fast systems goes, at `rows` rows (guided: 8 at 64 AR steps, 32
+    at 16 on a 256-token image): the whole call (FastHeadLoop.net_out) against its linear layers alone,
+    called in the same order on inputs of their shapes. Their rate as weight traffic (the bytes one call
+    reads / time) is the ceiling of the head's share of the streaming bandwidth: what the GEMM kernels reach
+    at these few rows; the rest of the call (layer norms, modulation, residuals, Python) only lowers it.
+    The best of 5 rounds of `repeats` calls each."""
+    def best(fn):
+        fn()
+        times = []
+        for _ in range(5):
+            start = time.perf_counter()
+            for _ in range(repeats):
+                fn()
+            times.append((time.perf_counter() - start) / repeats)
+        return min(times)
+    out = {}
+    for name, (model, _) in systems.items():
+        if not name.startswith("fast"):
+            continue
+        loop = FastHeadLoop(model)
+        dtype = loop.input_proj.weight.dtype
+        width = model.diffloss.net.input_proj.out_features
+        linears = [loop.input_proj] + [layer for block in loop.blocks for layer in block[2:]] + [loop.final_linear]
+        g = torch.Generator().manual_seed(0)
+        per_rows = {}
+        with torch.no_grad():
+            for n in rows:
+                x = torch.randn(n // 2, model.token_dim, generator=g)
+                inputs = [torch.randn(n // 2 if layer is loop.input_proj else n, layer.weight.shape[1], generator=g).to(dtype)
+                          for layer in linears]
+                mods = [[part[0] for part in m] for m in loop.modulations(torch.randn(1, n, width, generator=g).to(dtype))]
+                gemm_s = best(lambda: [layer(i) for layer, i in zip(linears, inputs)])
+                call_s = best(lambda: loop.net_out(x, mods, guided=True))
+                read = head_weights(model, "bf16" if dtype == torch.bfloat16 else "fp32")[1]
+                per_rows[n] = {"call_ms": call_s * 1e3, "gemm_ms": gemm_s * 1e3, "gemm_share": gemm_s / call_s,
+                               "call_GBs": read / call_s / 1e9, "gemm_GBs": read / gemm_s / 1e9}
+        out[name] = {"dtype": str(dtype).replace("torch.", ""), "rows": per_rows}
+    return out
+
+
 def official_dtypes(theirs):
     """The official code's settings benched here: fp32, and bf16 autocast on a CPU with bf16 instructions."""
     return [] if theirs is None else ["fp32"] + (["bf16-autocast"] if cpu_has_bf16() else [])
@@ -440,6 +483,19 @@ def report(path, result):
                          f"({b['gemm_GFLOPs'] / peak:.0%}) | {b['attention_share']:.0%} | {b['other_share']:.0%} |")
         lines += ["", "The transformer's share of the matmul peak can reach at most the GEMMs' own share of it, and "
                   "less by the time attention and the rest take."]
+    if result.get("head_breakdown"):
+        lines += ["", "Where one per-step head call of the fast engine goes (the best of 5 x 20 calls; guided rows: 8 "
+                  "at 64 AR steps, 32 at 16): the whole call against its linear layers alone, each as weight "
+                  "traffic (the bytes a call reads / time) and its share of the streaming bandwidth:", "",
+                  "| system | rows | call ms | its GEMMs ms (share) | call GB/s (of stream) | GEMMs alone GB/s (of stream) |",
+                  "|---|---|---|---|---|---|"]
+        for system, b in result["head_breakdown"].items():
+            for n, r in b["rows"].items():
+                lines.append(f"| {system} | {n} | {r['call_ms']:.3f} | {r['gemm_ms']:.3f} ({r['gemm_share']:.0%}) | "
+                             f"{r['call_GBs']:.1f} ({r['call_GBs'] / p['stream_GBs']:.0%}) | {r['gemm_GBs']:.1f} "
+                             f"({r['gemm_GBs'] / p['stream_GBs']:.0%}) |")
+        lines += ["", "The head's share of the streaming bandwidth can reach at most what its GEMM kernels reach at "
+                  "these rows, and less by the rest of the call."]
     lines += ["", result["bf16"], ""]
     path.write_text("\n".join(lines))
 
@@ -513,6 +569,8 @@ def main():
         print("throughput:", result["throughput"], flush=True)
     result["transformer_breakdown"] = transformer_breakdown(systems)
     print("transformer breakdown:", result["transformer_breakdown"], flush=True)
+    result["head_breakdown"] = head_breakdown(systems)
+    print("head breakdown:", result["head_breakdown"], flush=True)
     if cpu_has_bf16():
         result["bf16"] = ("bf16: this CPU has bf16 instructions. `fast bf16` is the model cast with "
                           "model.to(torch.bfloat16) (tokens, noise and diffusion arithmetic stay fp32); `official "

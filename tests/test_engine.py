@@ -224,8 +224,9 @@ def test_bench_engine_reads_its_targets_from_the_rows():
     model = random_mar(diffloss_d=2, diffloss_w=48)
     total, per_step = bench.head_weights(model, "fp32")
     assert total == 4 * sum(p.numel() for p in model.diffloss.net.parameters())
-    adaln = 4 * sum(p.numel() for n, p in model.diffloss.net.named_parameters() if "adaLN" in n)
-    assert per_step == total - adaln and bench.head_weights(model, "bf16") == (total // 2, per_step // 2)
+    once_per_chain = 4 * sum(p.numel() for n, p in model.diffloss.net.named_parameters()
+                             if "adaLN" in n or n.startswith(("time_embed.", "cond_embed.")))
+    assert per_step == total - once_per_chain and bench.head_weights(model, "bf16") == (total // 2, per_step // 2)
 
     def r(system, dtype, seconds, bandwidth=0.8, peak=0.8, steps=64):
         return {"system": system, "dtype": dtype, "ar_steps": steps, "batch": 1, "seconds": seconds,
@@ -286,6 +287,25 @@ def test_bench_transformer_breakdown_counts_the_linear_layers_flops():
     assert b["gemm_GFLOPs"] == pytest.approx(flops / gemm_s / 1e9, rel=1e-6)
     assert b["gemm_share"] + b["attention_share"] + b["other_share"] == pytest.approx(1.0)
     assert min(b["gemm_share"], b["attention_share"], b["other_share"]) > 0
+
+
+def test_bench_head_breakdown_times_a_call_and_its_linear_layers():
+    """The head breakdown's GEMM-only rate reads the bytes of every linear layer a per-step call runs (not
+    the adaLN ones, computed once per chain), in each fast system's dtype, at each row count."""
+    import importlib.util
+    spec = importlib.util.spec_from_file_location("bench_engine", Path(__file__).resolve().parents[1] / "scripts" / "bench_engine.py")
+    bench = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(bench)
+    model = random_mar(diffloss_d=2, diffloss_w=48)
+    bf16 = random_mar(diffloss_d=2, diffloss_w=48).to(torch.bfloat16)
+    got = bench.head_breakdown({"fast": (model, "fast"), "fast bf16": (bf16, "fast"), "reference": (model, "reference")},
+                               rows=(4, 8), repeats=2)
+    assert set(got) == {"fast", "fast bf16"} and got["fast bf16"]["dtype"] == "bfloat16"
+    read = bench.head_weights(model, "fp32")[1]
+    for name, size in (("fast", 1), ("fast bf16", 2)):
+        for n, r in got[name]["rows"].items():
+            assert r["gemm_GBs"] * r["gemm_ms"] / 1e3 * 1e9 == pytest.approx(read / size, rel=1e-6)
+            assert r["gemm_share"] == pytest.approx(r["gemm_ms"] / r["call_ms"]) and r["call_ms"] > 0
 
 
 def test_packed_linear_fuses_the_exact_gelu():
