@@ -47,7 +47,7 @@ def _sample_argv(python, out_root, overrides):
 
 
 def gpu_plan(out, python="python"):
-    """The steps on the GPU, in order (issue 12; the engine's, issue 14, second); their caps add up to under
+    """The steps on the GPU, in order (issue 12; the engine's, issue 14, second); their caps add up to at most
     9 minutes."""
     out = Path(out)
     sample = ["model=mar_b", "method=gtr", "n=32", "shard_size=8", "batch_size=8", "dtype=fp16", "device=cuda"]

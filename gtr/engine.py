@@ -295,6 +295,18 @@ class FastHeadLoop:
                                                scale_1))
 
 
+def _matmul_flags():
+    """The CUDA matmul settings that pick cuBLAS kernels (so a captured graph's): fp32 precision (TF32 or
+    not) and reduced-precision reductions in fp16 and bf16. torch >= 2.9 reads fp32 precision through
+    its newer setting, which also reflects the older ones (allow_tf32, set_float32_matmul_precision);
+    reading an older one raises once the newer one was set."""
+    matmul = torch.backends.cuda.matmul
+    fp32 = getattr(matmul, "fp32_precision", None)
+    if fp32 is None:
+        fp32 = (matmul.allow_tf32, torch.get_float32_matmul_precision())
+    return (fp32, matmul.allow_fp16_reduced_precision_reduction, matmul.allow_bf16_reduced_precision_reduction)
+
+
 class GraphedHeadLoop(FastHeadLoop):
     """FastHeadLoop with each chain captured once as a CUDA graph and replayed (engine=graphs; CUDA only).
 
@@ -329,8 +341,7 @@ class GraphedHeadLoop(FastHeadLoop):
         # autocast, and the matmul precision flags (they pick the kernels).
         key = tuple((tuple(t.shape), t.dtype, t.device) if torch.is_tensor(t) else t for t in (cond, uncond, noise)) + (
             tuple(process.timesteps), ("tensor", tuple(cfg.shape), cfg.dtype) if torch.is_tensor(cfg) else float(cfg),
-            float(temperature), autocast, torch.backends.cuda.matmul.allow_tf32,
-            torch.backends.cuda.matmul.allow_fp16_reduced_precision_reduction, torch.get_float32_matmul_precision())
+            float(temperature), autocast, *_matmul_flags())
         with torch.cuda.device(noise.device):  # torch.cuda.graph captures on the current device's streams
             if key not in self.graphs:
                 self.graphs[key] = self.capture(head, cond, process, noise, uncond, cfg, temperature, autocast)

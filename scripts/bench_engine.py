@@ -380,7 +380,7 @@ def head_breakdown(systems, rows=(8, 32), repeats=20):
                 read = head_weights(model, "bf16" if dtype == torch.bfloat16 else "fp32")[1]
                 per_rows[n] = {"call_ms": call_s * 1e3, "gemm_ms": gemm_s * 1e3, "gemm_share": gemm_s / call_s,
                                "call_GBs": read / call_s / 1e9, "gemm_GBs": read / gemm_s / 1e9}
-        out[name] = {"dtype": str(dtype).replace("torch.", ""), "rows": per_rows}
+        out[name] = {"dtype": str(dtype).replace("torch.", ""), "layers": len(linears), "rows": per_rows}
     return out
 
 
@@ -612,7 +612,9 @@ def main_cuda(args):
             theirs.load_state_dict(model.state_dict(), strict=True)
             theirs.cuda()
             with torch.no_grad():
-                official_tokens(theirs, 1, 2, args.cfg, torch.tensor([0], device="cuda"))
+                for fp16 in (False, True):  # both dtypes the bench runs it in
+                    with torch.autocast("cuda", dtype=torch.float16, enabled=fp16):
+                        official_tokens(theirs, 1, 2, args.cfg, torch.tensor([0], device="cuda"))
         except Exception as e:  # noqa: BLE001 -- any failure of theirs: ours are still measured
             theirs, note = None, f"Official code: not run ({type(e).__name__}: {e})."
             print(note, flush=True)

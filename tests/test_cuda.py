@@ -90,6 +90,16 @@ def test_a_graphed_chain_reads_new_inputs_at_every_replay(model):
             assert torch.equal(graphed(*args, uncond=uncond, cfg=scale, temperature=0.9),
                                fast(*args, uncond=uncond, cfg=scale, temperature=0.9))
     assert len(graphed.graphs) == 1
+    with torch.no_grad():  # a tensor temperature runs eagerly; a matmul setting that picks kernels is a new graph
+        graphed(*args, uncond=uncond, cfg=scale, temperature=torch.tensor(0.9, device=CUDA))
+        assert len(graphed.graphs) == 1
+        flag = torch.backends.cuda.matmul.allow_fp16_reduced_precision_reduction
+        try:
+            torch.backends.cuda.matmul.allow_fp16_reduced_precision_reduction = not flag
+            graphed(*args, uncond=uncond, cfg=scale, temperature=0.9)
+        finally:
+            torch.backends.cuda.matmul.allow_fp16_reduced_precision_reduction = flag
+        assert len(graphed.graphs) == 2
 
 
 @pytest.mark.parametrize("autocast", [None, torch.float16], ids=["fp32", "fp16-autocast"])

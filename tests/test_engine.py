@@ -301,7 +301,12 @@ def test_bench_head_breakdown_times_a_call_and_its_linear_layers():
     got = bench.head_breakdown({"fast": (model, "fast"), "fast bf16": (bf16, "fast"), "reference": (model, "reference")},
                                rows=(4, 8), repeats=2)
     assert set(got) == {"fast", "fast bf16"} and got["fast bf16"]["dtype"] == "bfloat16"
+    assert got["fast"]["layers"] == 1 + 2 * 2 + 1  # input projection, each block's fc1 and fc2, the output layer
     read = bench.head_weights(model, "fp32")[1]
+    loop = FastHeadLoop(model)  # the layers a per-step call runs hold all but the norms' bytes the rate counts
+    linears = [loop.input_proj, *(layer for block in loop.blocks for layer in block[2:]), loop.final_linear]
+    norms = sum(p.numel() for b in model.diffloss.net.res_blocks for p in b.in_ln.parameters())
+    assert 4 * (sum(layer.weight.numel() + layer.bias.numel() for layer in linears) + norms) == read
     for name, size in (("fast", 1), ("fast bf16", 2)):
         for n, r in got[name]["rows"].items():
             assert r["gemm_GBs"] * r["gemm_ms"] / 1e3 * 1e9 == pytest.approx(read / size, rel=1e-6)

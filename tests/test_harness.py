@@ -151,7 +151,7 @@ def test_git_commit_marks_code_changes_not_the_results_a_run_writes(tmp_path, mo
     (tmp_path / "results" / "r.json").write_text("{}")
     (tmp_path / "code.py").write_text("x = 1\n")
     git("add", ".")
-    git("-c", "user.name=t", "-c", "user.email=t@t", "commit", "-qm", "c")
+    git("-c", "user.name=t", "-c", "user.email=t@t", "-c", "commit.gpgsign=false", "commit", "-qm", "c")
     monkeypatch.setattr(gtr.runs, "ROOT", tmp_path)
     head = gtr.runs.git_commit()
     assert len(head) == 40
