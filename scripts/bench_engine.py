@@ -97,11 +97,9 @@ def run_official(theirs, steps, batch, cfg, autocast=None):
     theirs.forward_mae_decoder = timer.wrap("transformer", original[1])
     theirs.diffloss.net.forward = timer.wrap("head", original[2])
     try:
-        torch.manual_seed(0)
         start = time.perf_counter()
         with torch.no_grad(), torch.autocast("cpu", dtype=autocast or torch.bfloat16, enabled=autocast is not None):
-            theirs.sample_tokens(batch, num_iter=steps, cfg=cfg, cfg_schedule="linear",
-                                 labels=torch.arange(batch) % 1000, temperature=1.0)
+            official_tokens(theirs, batch, steps, cfg, torch.arange(batch) % 1000)
         total = time.perf_counter() - start
     finally:
         theirs.forward_mae_encoder, theirs.forward_mae_decoder = original[0], original[1]
@@ -310,6 +308,7 @@ def cuda_bench(model, theirs, steps_list, batches, cfg, on_row=None):
 
 
 def official_tokens(theirs, batch, steps, cfg, labels):
+    """The official sample_tokens as the bench runs it (its global seed 0, cfg linear, temperature 1)."""
     torch.manual_seed(0)
     return theirs.sample_tokens(batch, num_iter=steps, cfg=cfg, cfg_schedule="linear", labels=labels, temperature=1.0)
 

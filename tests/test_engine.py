@@ -21,6 +21,14 @@ from helpers import assert_close_to_scale, assert_same_images, scale_error
 TINY = Path(__file__).resolve().parents[1] / "results" / "tiny_mar" / "tiny_mar_ema.pth"
 
 
+def load_bench():
+    """scripts/bench_engine.py as a module (scripts are not a package)."""
+    spec = importlib.util.spec_from_file_location("bench_engine", Path(__file__).resolve().parents[1] / "scripts" / "bench_engine.py")
+    bench = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(bench)
+    return bench
+
+
 def random_mar(seed=0, **overrides):
     """A small MAR whose every parameter is random (adaLN and output layers are zero at init)."""
     g = torch.Generator().manual_seed(seed)
@@ -217,10 +225,7 @@ def test_prepare_repacks_only_a_bf16_transformer():
 def test_bench_engine_reads_its_targets_from_the_rows():
     """scripts/bench_engine.py: the head bytes a fast call reads leave out the adaLN weights it computes once
     per chain, and the issue's targets are read from the 64-step rows of the same run."""
-    import importlib.util
-    spec = importlib.util.spec_from_file_location("bench_engine", Path(__file__).resolve().parents[1] / "scripts" / "bench_engine.py")
-    bench = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(bench)
+    bench = load_bench()
     model = random_mar(diffloss_d=2, diffloss_w=48)
     total, per_step = bench.head_weights(model, "fp32")
     assert total == 4 * sum(p.numel() for p in model.diffloss.net.parameters())
@@ -246,9 +251,7 @@ def test_bench_engine_cuda_mode_runs_every_system_and_keeps_each_row(tmp_path):
     captures for every setting first, then each setting in its order (batch 1 at the first steps fp32 and
     fp16, the large batches, then the other steps) with every system, graphs' tokens (replayed and
     captured) compared with fast's, every row handed on as it lands (a cut run keeps it), the report."""
-    spec = importlib.util.spec_from_file_location("bench_engine", Path(__file__).resolve().parents[1] / "scripts" / "bench_engine.py")
-    bench = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(bench)
+    bench = load_bench()
     seen = []
     rows = bench.cuda_bench(random_mar(diffloss_d=2, diffloss_w=48), None, [2, 3], [2], 2.5,
                             on_row=lambda rows: seen.append(len(rows)))
@@ -270,10 +273,7 @@ def test_bench_transformer_breakdown_counts_the_linear_layers_flops():
     """The breakdown's GEMM GFLOP/s rests on the FLOPs of the rows each transformer linear layer sees: for
     one pass with k known tokens under guidance, the encoder sees 2 x (buffer + k) rows, the decoder 2 x
     (buffer + seq_len)."""
-    import importlib.util
-    spec = importlib.util.spec_from_file_location("bench_engine", Path(__file__).resolve().parents[1] / "scripts" / "bench_engine.py")
-    bench = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(bench)
+    bench = load_bench()
     model = random_mar(diffloss_d=2, diffloss_w=48).to(torch.bfloat16)  # a fused MLP's fc1 counts too
     prepare(model, "fast")
     got = bench.transformer_breakdown({"fast": (model, "fast"), "reference": (model, "reference")}, known_counts=(0, 3))
@@ -292,10 +292,7 @@ def test_bench_transformer_breakdown_counts_the_linear_layers_flops():
 def test_bench_head_breakdown_times_a_call_and_its_linear_layers():
     """The head breakdown's GEMM-only rate reads the bytes of every linear layer a per-step call runs (not
     the adaLN ones, computed once per chain), in each fast system's dtype, at each row count."""
-    import importlib.util
-    spec = importlib.util.spec_from_file_location("bench_engine", Path(__file__).resolve().parents[1] / "scripts" / "bench_engine.py")
-    bench = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(bench)
+    bench = load_bench()
     model = random_mar(diffloss_d=2, diffloss_w=48)
     bf16 = random_mar(diffloss_d=2, diffloss_w=48).to(torch.bfloat16)
     got = bench.head_breakdown({"fast": (model, "fast"), "fast bf16": (bf16, "fast"), "reference": (model, "reference")},
