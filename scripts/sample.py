@@ -139,8 +139,10 @@ def write_run_json(out, cfg, device, world, status, weights):
     """run.json: the resolved config and provenance; `sessions` lists every attempt of every rank (a
     resumed run has several), each with the images it made and how long it took; `weights` names the
     checkpoint and VAE files (URL, entry, sha256)."""
+    # started_unix orders attempts that share a "started" second (a run killed in its first second and its
+    # resumption); records made before it had only "started"
     sessions = sorted((json.loads(p.read_text()) for p in (out / "sessions").glob("*.json")),
-                      key=lambda r: (r["started"], r["rank"]))
+                      key=lambda r: (r.get("started_unix", 0), r["started"], r["rank"]))
     record = {
         "status": status, "table": cfg.table, "key": cfg.key, "model": cfg.model.key, "method": cfg.method.name,
         "num_images": num_images(cfg), "seed": cfg.seed, "batch_size": cfg.batch_size, "world_size": world,
@@ -254,7 +256,7 @@ def run(cfg, out):
 
     start = time.time()
     session = {"file": f"{time.strftime('%Y%m%dT%H%M%S', time.localtime(start))}_rank{rank}_{os.getpid()}.json",
-               "started": time.strftime("%Y-%m-%dT%H:%M:%S", time.localtime(start)), "rank": rank,
+               "started": time.strftime("%Y-%m-%dT%H:%M:%S", time.localtime(start)), "started_unix": start, "rank": rank,
                "images": 0, "seconds": 0.0, "device": device_name(device), "batch_size": int(cfg.batch_size),
                "world_size": world, "git_commit": git_commit()}
     if todo:
